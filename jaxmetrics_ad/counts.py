@@ -1,0 +1,71 @@
+"""Exact integer counts past 2**32 without ``jax_enable_x64``: a two-word (hi, lo) uint32 counter.
+
+float32 counts are exact only up to 2**24 and int32 wraps at 2**31, yet one MVTec AD evaluation at full
+resolution sees 1.6e9 pixels and a few epochs pass 2**32. Each update adds int32 per-batch counts to the
+low word and carries into the high word, so a counter is exact up to 2**64.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+_WORD = 4294967296.0  # 2**32
+
+
+class WideCount(struct.PyTreeNode):
+    """Arrays of non-negative integer counts stored as two uint32 words, exact up to 2**64.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> c = WideCount.zeros((2,)).add(jnp.array([3, 4], jnp.int32))
+        >>> c = c.merge(c)
+        >>> c.as_float().tolist()
+        [6.0, 8.0]
+    """
+
+    lo: jax.Array
+    hi: jax.Array
+
+    @classmethod
+    def zeros(cls, shape: tuple[int, ...]) -> WideCount:
+        """Counts of zero with the given shape."""
+        return cls(lo=jnp.zeros(shape, jnp.uint32), hi=jnp.zeros(shape, jnp.uint32))
+
+    def add(self, counts: jax.Array) -> WideCount:
+        """Adds non-negative per-batch counts (int32 or uint32, below 2**32 each)."""
+        lo = self.lo + counts.astype(jnp.uint32)
+        carry = (lo < self.lo).astype(jnp.uint32)
+        return WideCount(lo=lo, hi=self.hi + carry)
+
+    def merge(self, other: WideCount) -> WideCount:
+        """The element-wise sum of two counters."""
+        lo = self.lo + other.lo
+        carry = (lo < self.lo).astype(jnp.uint32)
+        return WideCount(lo=lo, hi=self.hi + other.hi + carry)
+
+    def all_reduce(self, axis_name: str) -> WideCount:
+        """The sum over a named device axis (``psum``), still exact.
+
+        The low word is split into 16-bit halves so that the sum over up to 65,536 devices cannot wrap.
+        """
+        low_half = jax.lax.psum(self.lo & 0xFFFF, axis_name)
+        high_half = jax.lax.psum(self.lo >> 16, axis_name)
+        hi = jax.lax.psum(self.hi, axis_name)
+        shifted = (high_half & 0xFFFF) << 16
+        lo = low_half + shifted
+        carry = (lo < low_half).astype(jnp.uint32)
+        return WideCount(lo=lo, hi=hi + (high_half >> 16) + carry)
+
+    def as_float(self) -> jax.Array:
+        """The counts as float32 (relative rounding error below 6e-8)."""
+        return self.hi.astype(jnp.float32) * _WORD + self.lo.astype(jnp.float32)
+
+    def as_int(self) -> int:
+        """The total of all counts as an exact Python int (host side, not jit-able)."""
+        import numpy as np
+
+        lo = np.asarray(self.lo, dtype=np.uint64)
+        hi = np.asarray(self.hi, dtype=np.uint64)
+        return int(sum(int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())))
