@@ -18,21 +18,32 @@ from jaxmetrics_ad.classification import (
     ScoreCurveMetric,
     binned_pr_curve,
 )
+from jaxmetrics_ad.evaluator import Evaluator
 from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
+from jaxmetrics_ad.pro import AUPRO, DEFAULT_AUPRO_BINS, PRO
 from jaxmetrics_ad.statistics import AnomalyScoreDistribution, ManualThreshold, MinMax
 
 __all__ = [
+    "AUPIMO",
     "AUPR",
+    "AUPRO",
     "AUROC",
+    "DEFAULT_AUPRO_BINS",
     "DEFAULT_NUM_BINS",
+    "PIMO",
+    "PRO",
+    "AUPIMOResult",
     "AnomalyScoreDistribution",
     "BinaryPrecisionRecallCurve",
+    "Evaluator",
     "F1AdaptiveThreshold",
     "F1Max",
     "F1Score",
     "ManualThreshold",
     "Metric",
     "MinMax",
+    "PIMOResult",
     "ScoreCurveMetric",
     "ScoreHistogram",
     "binned_pr_curve",

@@ -54,7 +54,11 @@ def available_fields(batch: Any) -> list[str]:
     """
     if isinstance(batch, Mapping):
         return sorted(str(k) for k in batch)
-    names = getattr(batch, "__dataclass_fields__", None) or vars(batch)
+    names = (
+        getattr(batch, "__dataclass_fields__", None)
+        or getattr(batch, "_fields", None)  # NamedTuple: no __dict__
+        or getattr(batch, "__dict__", {})
+    )
     return sorted(n for n in names if not n.startswith("_") and getattr(batch, n, None) is not None)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 from flax import struct
@@ -35,6 +36,25 @@ def _as_batch(
         channels,
         jnp.reshape(weights, (num_weights, scores.shape[0])).astype(jnp.float32),
     )
+
+
+def _gather(values: jax.Array, axis_name: str) -> jax.Array:
+    """Every device's ``values`` concatenated along the last axis, identical on all devices.
+
+    Written as a ``psum`` of zero-padded blocks rather than ``all_gather`` so that ``shard_map``
+    can tell the result is replicated (``out_specs=P()``), with no effect on the values.
+    """
+    devices = jax.lax.axis_size(axis_name)
+    size = values.shape[-1]
+    blocks = jnp.zeros(values.shape[:-1] + (devices * size,), values.dtype)
+    start = (0,) * (values.ndim - 1) + (jax.lax.axis_index(axis_name) * size,)
+    return jax.lax.psum(jax.lax.dynamic_update_slice(blocks, values, start), axis_name)
+
+
+def _gather_channels(channels: jax.Array, axis_name: str) -> jax.Array:
+    # shift so that padding (0 after the shift) adds nothing, then shift back
+    shifted = _gather(channels.astype(jnp.int32) + 1, axis_name)
+    return (shifted - 1).astype(jnp.int8)
 
 
 class ChunkedBuffer(struct.PyTreeNode):
@@ -69,14 +89,14 @@ class ChunkedBuffer(struct.PyTreeNode):
         return self.replace(chunks=self.chunks + other.chunks)
 
     def all_reduce(self, axis_name: str) -> ChunkedBuffer:
-        """Each device gets every device's samples (``all_gather``) as a single chunk."""
+        """Each device gets every device's samples as a single chunk."""
         scores, channels, weights = self.arrays()
         return self.replace(
             chunks=(
                 (
-                    jax.lax.all_gather(scores, axis_name, tiled=True),
-                    jax.lax.all_gather(channels, axis_name, tiled=True),
-                    jax.lax.all_gather(weights, axis_name, axis=1, tiled=True),
+                    _gather(scores, axis_name),
+                    _gather_channels(channels, axis_name),
+                    _gather(weights, axis_name),
                 ),
             )
         )
@@ -95,6 +115,30 @@ class ChunkedBuffer(struct.PyTreeNode):
     def overflowed(self) -> jax.Array:
         """Always False: a chunked buffer cannot overflow."""
         return jnp.array(False)
+
+
+def _chunked_to_state_dict(buffer: ChunkedBuffer) -> dict[str, jax.Array]:
+    scores, channels, weights = buffer.arrays()
+    return {"scores": scores, "channels": channels, "weights": weights}
+
+
+def _chunked_from_state_dict(buffer: ChunkedBuffer, state: dict) -> ChunkedBuffer:
+    scores = jnp.asarray(state["scores"], jnp.float32)
+    weights = jnp.asarray(state["weights"], jnp.float32)
+    chunk = (
+        scores,
+        jnp.asarray(state["channels"], jnp.int8),
+        weights.reshape(buffer.num_weights, scores.shape[0]),
+    )
+    return buffer.replace(chunks=(chunk,) if chunk[0].size else ())
+
+
+# The number of chunks depends on the number of updates, so the default (one entry per chunk) could
+# only be restored into a buffer that saw as many updates. Saving the samples as one chunk restores
+# into any buffer of the same metric, e.g. a fresh one, and resumes with nothing lost.
+flax.serialization.register_serialization_state(
+    ChunkedBuffer, _chunked_to_state_dict, _chunked_from_state_dict, override=True
+)
 
 
 class FixedBuffer(struct.PyTreeNode):
@@ -145,9 +189,9 @@ class FixedBuffer(struct.PyTreeNode):
     def all_reduce(self, axis_name: str) -> FixedBuffer:
         """Every device's samples, packed into one buffer of ``devices × capacity`` slots."""
         gathered = FixedBuffer(
-            scores=jax.lax.all_gather(self.scores, axis_name, tiled=True),
-            channels=jax.lax.all_gather(self.channels, axis_name, tiled=True),
-            weights=jax.lax.all_gather(self.weights, axis_name, axis=1, tiled=True),
+            scores=_gather(self.scores, axis_name),
+            channels=_gather_channels(self.channels, axis_name),
+            weights=_gather(self.weights, axis_name),
             count=jnp.zeros((), jnp.int32),
         )
         # Slots past each device's count hold channel -1, so gathering them is harmless; the count
@@ -164,14 +208,19 @@ class FixedBuffer(struct.PyTreeNode):
         """True when more samples were added than the capacity holds."""
         return self.count > self.capacity
 
+    def check_room(self, extra: int) -> None:
+        """Eagerly raise ValueError when ``extra`` more samples would not fit; no-op inside jit."""
+        if isinstance(self.count, jax.core.Tracer) or isinstance(extra, jax.core.Tracer):
+            return
+        needed = int(self.count) + int(extra)
+        if needed > self.capacity:
+            raise ValueError(
+                f"exact-mode buffer is full: {needed} samples would exceed capacity="
+                f"{self.capacity}; pass a larger capacity or use binned thresholds=<int>"
+            )
+
     def _append(self, scores, channels, weights, live) -> FixedBuffer:
-        if not isinstance(self.count, jax.core.Tracer) and not isinstance(live, jax.core.Tracer):
-            needed = int(self.count) + int(live)
-            if needed > self.capacity:
-                raise ValueError(
-                    f"exact-mode buffer is full: {needed} samples would exceed capacity="
-                    f"{self.capacity}; pass a larger capacity or use binned thresholds=<int>"
-                )
+        self.check_room(live)
         position = jnp.arange(scores.shape[0], dtype=jnp.int32)
         slots = jnp.where(position < live, self.count + position, self.capacity)
         return self.replace(

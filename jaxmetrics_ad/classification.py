@@ -39,6 +39,7 @@ from jaxmetrics_ad.curves import (
     roc_curve,
 )
 from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import (
     binary_channel,
     check_binary,
@@ -124,6 +125,8 @@ class ScoreCurveMetric(Metric):
         check_same_shape(preds, scores_field, target, target_field)
         check_finite(preds, scores_field)
         check_binary(target, target_field)
+        if isinstance(self.state, FixedBuffer):
+            self.state.check_room(preds.size)
 
     def _update_state(self, preds: jax.Array, target: jax.Array):
         channel, num_invalid = binary_channel(preds, target)
@@ -160,7 +163,7 @@ class ScoreCurveMetric(Metric):
             keep = channels >= 0
             return np.float32(reader(exact_counts(scores[keep], channels[keep])))
 
-        value = jax.pure_callback(host, jax.ShapeDtypeStruct((), jnp.float32), scores, channels)
+        value = on_host(host, jax.ShapeDtypeStruct((), jnp.float32), scores, channels)
         return jnp.where(self.state.overflowed(), jnp.nan, value)
 
     def _check_state(self) -> None:

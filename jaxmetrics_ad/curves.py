@@ -181,6 +181,9 @@ def f1_scores(counts: ThresholdCounts) -> Array:
 def best_f1(counts: ThresholdCounts) -> tuple[Array, Array]:
     """The maximum F1 and the lowest threshold that attains it (anomalib's F1Max rule).
 
+    Thresholds holding no sample (empty bins) are skipped, so a binned threshold is the lower edge of
+    the bin of the score an exact computation would pick.
+
     With no threshold at all (no positive in exact mode) returns (0, NaN).
 
     Example:
@@ -190,7 +193,9 @@ def best_f1(counts: ThresholdCounts) -> tuple[Array, Array]:
         (0.8571, 0.10000000149011612)
     """
     xp = _xp(counts.tp_ge)
-    f1 = f1_scores(counts)
+    # Only thresholds that hold a sample count: an empty bin would tie with the bin above it.
+    occupied = (counts.tp_ge - counts.tp_gt + counts.fp_ge - counts.fp_gt) > 0
+    f1 = xp.where(occupied, f1_scores(counts), -1.0)
     if f1.shape[0] == 0:
         return xp.asarray(0.0), xp.asarray(xp.nan)
     # Thresholds descend, so the lowest threshold among ties is the last maximum.

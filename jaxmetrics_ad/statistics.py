@@ -50,8 +50,10 @@ class MinMax(Metric):
     def _empty_state(self) -> Extrema:
         return Extrema(jnp.array(jnp.inf, jnp.float32), jnp.array(-jnp.inf, jnp.float32))
 
-    def _update_state(self, predictions: jax.Array):
+    def _check_inputs(self, predictions: jax.Array) -> None:
         check_finite(predictions, self.fields[0])
+
+    def _update_state(self, predictions: jax.Array):
         finite = jnp.isfinite(predictions)
         batch = Extrema(
             jnp.min(jnp.where(finite, predictions, jnp.inf), initial=jnp.inf).astype(jnp.float32),
@@ -140,7 +142,7 @@ class AnomalyScoreDistribution(Metric):
         )
         return _Pair(empty, Moments(jnp.zeros((), jnp.float32), zeros, zeros))
 
-    def _update_state(self, scores: jax.Array, maps: jax.Array):
+    def _check_inputs(self, scores: jax.Array, maps: jax.Array) -> None:
         score_field, map_field = self.fields
         if maps.ndim != 3 or scores.shape != maps.shape[:1]:
             raise ValueError(
@@ -155,6 +157,8 @@ class AnomalyScoreDistribution(Metric):
             check_finite(values, field)
             if not is_traced(values) and bool(jnp.any(values <= 0)):
                 raise ValueError(f"{field}: values must be positive (their log is taken)")
+
+    def _update_state(self, scores: jax.Array, maps: jax.Array):
         image = Moments.of(jnp.log(scores.astype(jnp.float32)))
         pixel = Moments.of(jnp.log(maps.astype(jnp.float32)))
         state = self.state

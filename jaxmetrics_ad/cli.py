@@ -1,0 +1,470 @@
+"""The ``jaxmetrics-ad`` command line: evaluate anomaly maps on disk, or run a self-contained demo.
+
+``jaxmetrics-ad demo`` generates an MVTec-like category in memory and evaluates the full suite.
+``jaxmetrics-ad evaluate`` reads anomaly maps and ground truth (MVTec AD layout or one ``.npz``),
+streams them in batches and prints, and optionally saves, the metric table and curve plots.
+
+Pixel metrics are binned by default: the state has a fixed size, so memory stays flat however many
+images there are, and the binned AUROC comes with a certified error bound that is printed.
+``--exact`` keeps every pixel and sorts, reproducing the MVTec AD script and anomalib to float
+precision at the cost of ~5 bytes per pixel. Errors in the input end the run with a message naming
+the file on stderr and exit status 1; ``--output`` is written whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io as text_io
+import json
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jaxmetrics_ad import io, suite
+from jaxmetrics_ad.classification import DEFAULT_NUM_BINS
+
+PROGRAM = "jaxmetrics-ad"
+OUTPUT_SUFFIXES = (".json", ".csv")
+# How many curve points a PNG needs; exact curves have one point per distinct score.
+_PLOT_POINTS = 20_000
+
+
+class InputError(Exception):
+    """A problem with the command's input that the user must fix (reported without a traceback)."""
+
+
+def _metric_names(text: str) -> list[str]:
+    return [name for name in text.replace(",", " ").split() if name]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _fpr_limit(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a value in (0, 1], got {text}")
+    return value
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default_batch_size: int) -> None:
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--binned",
+        dest="exact",
+        action="store_false",
+        help="pixel metrics from auto-ranging bins: constant memory (default)",
+    )
+    mode.add_argument(
+        "--exact",
+        dest="exact",
+        action="store_true",
+        help="pixel metrics from every pixel, sorted (as the MVTec AD script); ~5 bytes per pixel",
+    )
+    parser.set_defaults(exact=False)
+    parser.add_argument(
+        "--bins",
+        type=_positive_int,
+        default=DEFAULT_NUM_BINS,
+        help=f"bins per binned pixel curve (default: {DEFAULT_NUM_BINS})",
+    )
+    parser.add_argument(
+        "--metrics",
+        type=_metric_names,
+        default=None,
+        help="comma-separated subset of: " + ", ".join(suite.SUITE_METRICS),
+    )
+    parser.add_argument(
+        "--fpr-limit", type=_fpr_limit, default=0.3, help="FPR up to which AUPRO integrates"
+    )
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=default_batch_size, help="images per batch"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="write the results to this .json or .csv file (by extension)"
+    )
+    parser.add_argument("--plots", type=Path, help="write ROC, PR, PRO and PIMO curves (PNG) here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-compile-cache",
+        dest="compile_cache",
+        action="store_false",
+        help="do not keep compiled programs in ~/.cache/jaxmetrics_ad/xla for later runs",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``jaxmetrics-ad``.
+
+    >>> build_parser().parse_args(["demo", "--images", "20"]).images
+    20
+    """
+    parser = argparse.ArgumentParser(
+        prog=PROGRAM, description="Streaming evaluation metrics for visual anomaly detection."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo",
+        help="evaluate the full suite on a generated MVTec-like category (no downloads)",
+        description="Generate a deterministic MVTec-like category in memory and evaluate it.",
+    )
+    demo.add_argument("--images", type=_positive_int, default=300, help="number of test images")
+    demo.add_argument("--size", type=_positive_int, default=256, help="image height and width")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the generated data")
+    _add_common_options(demo, default_batch_size=50)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="evaluate anomaly maps against ground truth on disk",
+        description=(
+            "Evaluate anomaly maps against ground truth: an MVTec AD category (--dataset, with "
+            "test/<defect>/<name>.png and ground_truth/<defect>/<name>_mask.png) and one map per "
+            "test image (--maps, <defect>/<name>.npy|.npz|.tiff|.png), or one .npz (--npz) with "
+            "anomaly_maps, gt_masks and optionally pred_scores, gt_labels. Image scores default "
+            "to the map maximum."
+        ),
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", type=Path, help="MVTec AD category folder (with --maps)")
+    source.add_argument("--npz", type=Path, help="one .npz file holding the whole set")
+    evaluate.add_argument("--maps", type=Path, help="anomaly maps folder mirroring test/")
+    evaluate.add_argument(
+        "--resize",
+        choices=io.RESIZE_METHODS,
+        default="bilinear",
+        help="how maps are brought to the mask size (default: bilinear)",
+    )
+    _add_common_options(evaluate, default_batch_size=32)
+    return parser
+
+
+def _check_output_paths(args: argparse.Namespace) -> None:
+    """Fail before any work when the results could not be written."""
+    if args.output is not None:
+        if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
+            raise InputError(
+                f"--output {args.output}: expected a .json or .csv file name, "
+                f"got suffix {args.output.suffix!r}"
+            )
+        if not args.output.parent.is_dir():
+            raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist")
+    if args.plots is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as error:
+            raise InputError(
+                "--plots needs matplotlib, an optional dependency: pip install 'jaxmetrics_ad[plot]'"
+            ) from error
+        if args.plots.exists() and not args.plots.is_dir():
+            raise InputError(f"--plots {args.plots}: exists and is not a folder")
+
+
+@contextlib.contextmanager
+def _progress(total: int, quiet: bool) -> Iterator[Any]:
+    """A callback advancing a tqdm bar on stderr (none when quiet, not a terminal, or no tqdm)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if quiet or tqdm is None:
+        yield None
+        return
+    # disable=None: tqdm hides the bar when stderr is not a terminal (logs, pipes, tests)
+    with tqdm(total=total, unit="img", file=sys.stderr, disable=None, leave=False) as bar:
+        yield bar.update
+
+
+def _mvtec_batches(args: argparse.Namespace) -> tuple[int, Iterator[io.Batch]]:
+    if args.maps is None:
+        raise InputError("--dataset needs --maps, the folder of anomaly maps")
+    if not args.dataset.is_dir():
+        raise InputError(f"dataset folder not found: {args.dataset}")
+    records = io.find_mvtec_pairs(args.maps, args.dataset)
+    return len(records), io.iter_mvtec_batches(records, args.batch_size, args.resize)
+
+
+def _npz_batches(args: argparse.Namespace) -> tuple[int, Iterator[io.Batch]]:
+    if args.maps is not None:
+        raise InputError("--maps goes with --dataset; an --npz file holds the maps itself")
+    dataset = io.load_npz_dataset(args.npz)
+    return len(dataset), io.iter_batches(dataset, args.batch_size)
+
+
+def _mode_text(args: argparse.Namespace) -> str:
+    if args.exact:
+        return "exact (every pixel kept and sorted, as the MVTec AD script and anomalib)"
+    return (
+        f"binned, {args.bins} auto-ranging bins per pixel curve (AUROC, AUPR, F1Max, AUPRO); "
+        "image metrics and AUPIMO exact"
+    )
+
+
+def format_table(values: dict[str, float]) -> str:
+    """The results as an aligned two-column text table.
+
+    >>> print(format_table({"image_AUROC": 0.9512, "pixel_AUPRO": 0.8}))
+    metric        value
+    image_AUROC  0.9512
+    pixel_AUPRO  0.8000
+    """
+    width = max(len("metric"), *(len(name) for name in values))
+    lines = [f"{'metric':<{width}}  value"]
+    lines += [f"{name:<{width}}  {value:.4f}" for name, value in values.items()]
+    return "\n".join(lines)
+
+
+def _report(result: suite.SuiteResult, args: argparse.Namespace, title: str) -> str:
+    lines = [
+        f"{title}: {result.num_images} images ({result.num_anomalous} anomalous), "
+        f"{result.num_pixels / 1e6:.1f} Mpx",
+        f"mode: {_mode_text(args)}",
+        "",
+        format_table(result.values),
+        "",
+    ]
+    bounds = result.suite.error_bounds()
+    if bounds:
+        listed = ", ".join(f"{name} ≤ {bound:.1e}" for name, bound in bounds.items())
+        lines.append(f"certified bounds on |binned - exact|: {listed}")
+    lines.append(
+        f"time: {result.seconds:.2f} s (batches {result.update_seconds:.2f} s, compute "
+        f"{result.compute_seconds:.2f} s, jit compiles included), "
+        f"{result.num_pixels / 1e6 / result.seconds:.0f} Mpx/s"
+    )
+    return "\n".join(lines)
+
+
+def _json_number(value: float) -> float | None:
+    """NaN (undefined) is not JSON: it becomes null."""
+    return value if np.isfinite(value) else None
+
+
+def _results_document(result: suite.SuiteResult, args: argparse.Namespace) -> dict[str, Any]:
+    values = {name: _json_number(value) for name, value in result.values.items()}
+    return {
+        "metrics": values,
+        "mode": "exact" if args.exact else "binned",
+        "num_bins": None if args.exact else args.bins,
+        "error_bounds": result.suite.error_bounds(),
+        "fpr_limit": args.fpr_limit,
+        "num_images": result.num_images,
+        "num_anomalous": result.num_anomalous,
+        "num_pixels": result.num_pixels,
+        "seconds": round(result.seconds, 3),
+    }
+
+
+def _results_text(result: suite.SuiteResult, args: argparse.Namespace, path: Path) -> str:
+    if path.suffix.lower() == ".json":
+        return json.dumps(_results_document(result, args), indent=2, allow_nan=False) + "\n"
+    buffer = text_io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["metric", "value"])
+    for name, value in result.values.items():
+        writer.writerow([name, repr(value)])
+    return buffer.getvalue()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Readers never see a half-written file, and a failure leaves any previous file as it was.
+
+    >>> import tempfile
+    >>> target = Path(tempfile.mkdtemp()) / "results.json"
+    >>> write_atomically(target, "{}")
+    >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
+    ('{}', ['results.json'])
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _thinned(*curve: Any) -> list[np.ndarray]:
+    """Curves of millions of points (exact mode) cut to evenly spaced points for drawing."""
+    arrays = [np.asarray(values) for values in curve]
+    if arrays[0].shape[-1] <= _PLOT_POINTS:
+        return arrays
+    keep = np.unique(np.linspace(0, arrays[0].shape[-1] - 1, _PLOT_POINTS).round().astype(int))
+    return [values[..., keep] for values in arrays]
+
+
+def write_plots(result: suite.SuiteResult, folder: Path, fpr_limit: float) -> list[Path]:
+    """Save ROC and PR curves (image and pixel), and PRO and PIMO curves when evaluated, as PNGs.
+
+    A curve that cannot be drawn from this data (e.g. PIMO without a normal image) is skipped
+    with a warning.
+
+    >>> import tempfile
+    >>> from jaxmetrics_ad.synthetic import make_category
+    >>> data = make_category(4, 4, size=(32, 32))
+    >>> result = suite.evaluate(suite.build_suite(["image_AUROC"]), io.iter_batches(data, 8))
+    >>> [path.name for path in write_plots(result, Path(tempfile.mkdtemp()), 0.3)]
+    ['roc.png']
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxmetrics_ad import plotting
+
+    folder.mkdir(parents=True, exist_ok=True)
+    metrics, values = result.suite.updated_metrics(), result.values
+    figures: dict[str, Any] = {}
+
+    def axes(name: str):
+        if name not in figures:
+            figures[name] = plt.subplots(figsize=(5, 4.5))[1]
+        return figures[name]
+
+    for level in ("image", "pixel"):
+        if f"{level}_AUROC" in metrics:
+            fpr, tpr = _thinned(*metrics[f"{level}_AUROC"].curve())
+            auc = values[f"{level}_AUROC"]
+            plotting.plot_roc(fpr, tpr, auc=auc, ax=axes("roc"), label=level)
+        if f"{level}_AUPR" in metrics:
+            recall, precision = _thinned(*metrics[f"{level}_AUPR"].curve())
+            ap = values[f"{level}_AUPR"]
+            plotting.plot_pr(recall, precision, ap=ap, ax=axes("pr"), label=level)
+    if "pixel_AUPRO" in metrics:
+        fpr, pro = _thinned(*metrics["pixel_AUPRO"].curve())
+        aupro = values["pixel_AUPRO"]
+        plotting.plot_pro(fpr, pro, aupro=aupro, fpr_limit=fpr_limit, ax=axes("pro"), log_x=False)
+    if "pixel_PIMO" in metrics:
+        try:
+            curves = metrics["pixel_PIMO"].compute()
+        except (ValueError, RuntimeError) as error:
+            warnings.warn(f"no PIMO plot: {error}", UserWarning, stacklevel=2)
+        else:
+            label = f"AUPIMO = {values['pixel_AUPIMO']:.4f}" if "pixel_AUPIMO" in values else None
+            shared_fpr, tprs = _thinned(curves.shared_fpr, curves.per_image_tprs)
+            plotting.plot_pimo(shared_fpr, tprs, ax=axes("pimo"), label=label)
+    written = []
+    for name, ax in figures.items():
+        path = folder / f"{name}.png"
+        ax.figure.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(ax.figure)
+        written.append(path)
+    return written
+
+
+def _demo_batches(args: argparse.Namespace) -> tuple[int, Iterator[io.Batch]]:
+    from jaxmetrics_ad.synthetic import make_category
+
+    start = time.perf_counter()
+    num_anomalous = (2 * args.images) // 3
+    data = make_category(
+        num_normal=args.images - num_anomalous,
+        num_anomalous=num_anomalous,
+        size=(args.size, args.size),
+        seed=args.seed,
+    )
+    print(
+        f"generated {args.images} images of {args.size}x{args.size} in "
+        f"{time.perf_counter() - start:.2f} s",
+        file=sys.stderr,
+    )
+    return len(data), io.iter_batches(data, args.batch_size)
+
+
+def enable_compile_cache(folder: Path | None = None) -> Path | None:
+    """Turn on jax's persistent compilation cache, so that later runs skip compiling.
+
+    The folder defaults to ``$XDG_CACHE_HOME/jaxmetrics_ad/xla`` (``~/.cache/...``). A cache the user
+    configured already (``JAX_COMPILATION_CACHE_DIR``) is left alone. Returns the folder in use.
+    The first run of the demo spends about half its time compiling; later runs skip that.
+
+    >>> import jax, tempfile
+    >>> with jax.default_device(jax.devices("cpu")[0]):  # any device: the setting is global
+    ...     folder = enable_compile_cache(Path(tempfile.mkdtemp()))
+    >>> folder.is_dir()
+    True
+    """
+    import jax
+
+    configured = jax.config.jax_compilation_cache_dir
+    if configured:
+        return Path(configured)
+    if folder is None:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = Path(base) / "jaxmetrics_ad" / "xla"
+    folder.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(folder))
+    # Most of the suite's programs compile in 0.1-1 s; jax's default only caches slower ones.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
+    return folder
+
+
+def _run(args: argparse.Namespace) -> int:
+    _check_output_paths(args)
+    if args.compile_cache:
+        enable_compile_cache()
+    suite.build_suite(args.metrics)  # rejects unknown names before any work
+    if args.command == "demo":
+        num_images, batches = _demo_batches(args)
+        title = "demo (synthetic MVTec-like category)"
+    elif args.npz is not None:
+        num_images, batches = _npz_batches(args)
+        title = str(args.npz)
+    else:
+        num_images, batches = _mvtec_batches(args)
+        title = str(args.dataset)
+    metrics = suite.build_suite(
+        args.metrics,
+        exact=args.exact,
+        num_bins=args.bins,
+        fpr_limit=args.fpr_limit,
+        pimo_curves=args.plots is not None,
+    )
+    with _progress(num_images, args.quiet) as on_batch:
+        result = suite.evaluate(metrics, batches, on_batch, on_error="warn")
+    print(_report(result, args, title))
+    if args.output is not None:
+        write_atomically(args.output, _results_text(result, args, args.output))
+        print(f"results written to {args.output}")
+    if args.plots is not None:
+        for path in write_plots(result, args.plots, args.fpr_limit):
+            print(f"plot written to {path}")
+    return 0
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (one class only, AUPIMO out of range, ...) as one plain line on stderr."""
+    print(f"{PROGRAM}: warning: {message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jaxmetrics-ad`` with ``argv`` (default: the process arguments); returns the exit code.
+
+    0 on success, 1 when the input cannot be evaluated (the message on stderr names the file),
+    2 on a usage error.
+
+    >>> main(["evaluate", "--npz", "no/such/file.npz"])
+    1
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return _run(args)
+    except (InputError, FileNotFoundError, ValueError, ImportError, RuntimeError) as error:
+        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+        return 1

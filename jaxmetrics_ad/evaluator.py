@@ -1,0 +1,347 @@
+"""The Evaluator: named metric sets per stage, fed from whole batches, itself an immutable pytree.
+
+Like anomalib's ``Evaluator(val_metrics, test_metrics)``, it maps each metric's ``fields`` to the
+entries of a batch (a Mapping, a dataclass or ``flax.struct``, a NamedTuple, any object with
+attributes) and returns a flat dict ``prefix + ClassName -> value``. Unlike anomalib's, it is a pure
+value: ``update`` returns a new evaluator, so it can be the carry of a jitted eval step, of
+``lax.scan``, of a Flax ``TrainState``-style struct, and it reduces across devices with
+:meth:`Evaluator.all_reduce` inside ``pmap``/``shard_map``.
+
+Metrics of one stage that would keep the same state — same fields, same bins, same update rule, e.g.
+pixel AUROC, AUPR, F1Max and F1AdaptiveThreshold at the same ``thresholds`` — share it: the state is
+computed once per batch (and, in exact mode, the samples are kept once) and handed to the others.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.serialization
+import jax
+import numpy as np
+
+from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.classification import AUROC, DEFAULT_NUM_BINS, F1Score
+from jaxmetrics_ad.validation import is_traced
+
+STAGES = ("val", "test")
+"""Stage names, in the order of the constructor's arguments (anomalib's)."""
+
+# Methods that decide how a metric's state is built and updated: two metrics may share a state only
+# when all of them are the same functions (and their configurations agree apart from the prefix).
+_STATE_METHODS = ("update", "update_from", "_update_unchecked", "_empty_state", "_check_inputs",
+                  "_update_state")  # fmt: skip
+
+
+def _sharing_key(metric: Metric) -> tuple:
+    methods = tuple(getattr(type(metric), name) for name in _STATE_METHODS)
+    return methods, tuple((k, v) for k, v in metric._config if k != "prefix")
+
+
+def _same_leaves(first: Metric, second: Metric) -> bool:
+    leaves_a, tree_a = jax.tree_util.tree_flatten(first.state)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(second.state)
+    if tree_a != tree_b or is_traced(*leaves_a, *leaves_b):
+        return False
+    return all(
+        a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+        for a, b in zip(leaves_a, leaves_b)
+    ) and int(first.num_updates) == int(second.num_updates)
+
+
+def _share_plan(metrics: tuple[Metric, ...]) -> tuple[int, ...]:
+    """For each metric, the index of the first metric of the stage whose state it can reuse."""
+    leaders: dict[tuple, int] = {}
+    plan = []
+    for index, metric in enumerate(metrics):
+        key = _sharing_key(metric)
+        leader = leaders.setdefault(key, index)
+        if leader != index and not _same_leaves(metrics[leader], metric):
+            leader = index  # already holds other data: keep its own state
+        plan.append(leader)
+    return tuple(plan)
+
+
+def _checked_metrics(metrics: Sequence[Metric] | None, stage: str) -> tuple[Metric, ...]:
+    if metrics is None:
+        return ()
+    if isinstance(metrics, Metric):
+        metrics = [metrics]
+    metrics = tuple(metrics)
+    for metric in metrics:
+        if not isinstance(metric, Metric):
+            raise TypeError(
+                f"{stage}_metrics: expected jaxmetrics_ad metrics, got {type(metric).__name__}"
+            )
+    names = [metric.name for metric in metrics]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(
+                f"{stage}_metrics: two metrics are named {name!r}; give them different "
+                "prefixes (e.g. prefix='image_' and prefix='pixel_')"
+            )
+    return metrics
+
+
+class Evaluator:
+    """Metrics for the validation and test stages, updated from batches; an immutable pytree.
+
+    ``Evaluator(metrics)`` holds one set (the first argument is anomalib's ``val_metrics``);
+    ``Evaluator(val_metrics=..., test_metrics=...)`` holds two, and ``update``/``compute`` then take
+    ``stage="val"`` or ``stage="test"``. Names within a stage must be unique (use ``prefix``).
+
+    A strict metric raises ValueError when a batch lacks one of its fields, naming the field, the
+    metric and the fields the batch has; a ``strict=False`` metric skips such batches (anomalib's
+    behaviour) and, if it never saw one, is left out of :meth:`compute`'s result.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> import jaxmetrics_ad as jm
+        >>> ev = jm.Evaluator([
+        ...     jm.AUROC(thresholds=256, fields=("pred_score", "gt_label"), prefix="image_"),
+        ...     jm.AUROC(thresholds=256, fields=("anomaly_map", "gt_mask"), prefix="pixel_"),
+        ... ])
+        >>> batch = {"pred_score": jnp.array([0.2, 0.9]), "gt_label": jnp.array([0, 1]),
+        ...          "anomaly_map": jnp.array([[[0.1, 0.2]], [[0.3, 0.8]]]),
+        ...          "gt_mask": jnp.array([[[0, 0]], [[0, 1]]])}
+        >>> ev = jax.jit(lambda ev, batch: ev.update(batch))(ev, batch)
+        >>> {name: round(float(value), 3) for name, value in ev.compute().items()}
+        {'image_AUROC': 1.0, 'pixel_AUROC': 1.0}
+    """
+
+    def __init__(
+        self,
+        val_metrics: Sequence[Metric] | None = None,
+        test_metrics: Sequence[Metric] | None = None,
+    ) -> None:
+        stages = (_checked_metrics(val_metrics, "val"), _checked_metrics(test_metrics, "test"))
+        self._set(stages, tuple(_share_plan(metrics) for metrics in stages))
+
+    @classmethod
+    def default(cls, thresholds: int | None = DEFAULT_NUM_BINS) -> Evaluator:
+        """anomalib's default test metrics: image AUROC and F1Score, pixel AUROC and F1Score.
+
+        The pixel metrics are ``strict=False`` (skipped for batches without masks). ``thresholds``
+        sets the AUROC bins; ``None`` keeps every sample for anomalib's exact value (eager only).
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> list(jm.Evaluator.default().metrics())
+            ['image_AUROC', 'image_F1Score', 'pixel_AUROC', 'pixel_F1Score']
+        """
+        return cls(
+            test_metrics=[
+                AUROC(thresholds, fields=("pred_score", "gt_label"), prefix="image_"),
+                F1Score(fields=("pred_label", "gt_label"), prefix="image_"),
+                AUROC(thresholds, fields=("anomaly_map", "gt_mask"), prefix="pixel_", strict=False),
+                F1Score(fields=("pred_mask", "gt_mask"), prefix="pixel_", strict=False),
+            ]
+        )
+
+    # -- pytree plumbing -------------------------------------------------------------------------
+
+    def _set(self, stages: tuple[tuple[Metric, ...], ...], plan: tuple[tuple[int, ...], ...]):
+        object.__setattr__(self, "_stages", stages)
+        object.__setattr__(self, "_plan", plan)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Evaluator is immutable; update() returns a new evaluator")
+
+    def _with(self, stages: tuple[tuple[Metric, ...], ...]) -> Evaluator:
+        evaluator = object.__new__(Evaluator)
+        evaluator._set(stages, self._plan)
+        return evaluator
+
+    def _flatten_with_keys(self):
+        children = tuple(
+            (jax.tree_util.GetAttrKey(stage), {m.name: m for m in metrics})
+            for stage, metrics in zip(STAGES, self._stages)
+        )
+        return children, (self._names(), self._plan)
+
+    def _flatten(self):
+        children = tuple({m.name: m for m in metrics} for metrics in self._stages)
+        return children, (self._names(), self._plan)
+
+    @classmethod
+    def _unflatten(cls, aux, children):
+        names, plan = aux
+        stages = tuple(
+            tuple(by_name[name] for name in stage_names)
+            for by_name, stage_names in zip(children, names)
+        )
+        evaluator = object.__new__(cls)
+        evaluator._set(stages, plan)
+        return evaluator
+
+    def _names(self) -> tuple[tuple[str, ...], ...]:
+        return tuple(tuple(m.name for m in metrics) for metrics in self._stages)
+
+    def _to_state_dict(self) -> dict[str, Any]:
+        return {
+            stage: {m.name: flax.serialization.to_state_dict(m) for m in metrics}
+            for stage, metrics in zip(STAGES, self._stages)
+        }
+
+    def _from_state_dict(self, state: dict[str, Any]) -> Evaluator:
+        stages = []
+        for stage, metrics in zip(STAGES, self._stages):
+            saved = state.get(stage, {})
+            names = [m.name for m in metrics]
+            if sorted(saved) != sorted(names):
+                raise ValueError(
+                    f"cannot restore the {stage} metrics {names} from a state holding "
+                    f"{sorted(saved)}: build the Evaluator with the same metrics first"
+                )
+            stages.append(
+                tuple(
+                    flax.serialization.from_state_dict(m, saved[m.name], name=m.name)
+                    for m in metrics
+                )
+            )
+        return self._with(tuple(stages))
+
+    # -- public protocol ---------------------------------------------------------------------------
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        """The stages that hold metrics, e.g. ``('test',)``."""
+        return tuple(stage for stage, metrics in zip(STAGES, self._stages) if metrics)
+
+    def metrics(self, stage: str | None = None) -> dict[str, Metric]:
+        """The metrics of a stage by name (for curves, plots or a closer look).
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> jm.Evaluator([jm.AUROC(prefix="image_")]).metrics()["image_AUROC"].name
+            'image_AUROC'
+        """
+        return {m.name: m for m in self._stages[self._stage_index(stage)]}
+
+    def update(self, batch: Any, stage: str | None = None) -> Evaluator:
+        """The evaluator with one more batch in the metrics of ``stage``. Pure and jit-able.
+
+        ``stage`` may be left out when only one stage holds metrics.
+        """
+        index = self._stage_index(stage)
+        metrics, plan = self._stages[index], self._plan[index]
+        updated: list[Metric] = []
+        for metric, leader in zip(metrics, plan):
+            if leader == len(updated):
+                updated.append(metric.update_from(batch))
+            else:
+                source = updated[leader]
+                updated.append(
+                    metric._replace(
+                        state=source.state,
+                        num_updates=source.num_updates,
+                        num_invalid=source.num_invalid,
+                    )
+                )
+        return self._with(self._replace_stage(index, tuple(updated)))
+
+    def merge(self, other: Evaluator) -> Evaluator:
+        """The evaluator over the data of both (every stage). Pure and jit-able."""
+        if not isinstance(other, Evaluator) or other._names() != self._names():
+            raise ValueError(
+                f"cannot merge {other!r} into {self!r}: both must hold the same metrics"
+            )
+        return self._with(
+            tuple(
+                tuple(a.merge(b) for a, b in zip(mine, theirs))
+                for mine, theirs in zip(self._stages, other._stages)
+            )
+        )
+
+    def all_reduce(self, axis_name: str) -> Evaluator:
+        """The evaluator over every device's data along ``axis_name`` (inside pmap/shard_map).
+
+        Every device gets the result. States shared between metrics are reduced once.
+        """
+        stages = []
+        for metrics, plan in zip(self._stages, self._plan):
+            reduced: list[Metric] = []
+            for index, (metric, leader) in enumerate(zip(metrics, plan)):
+                if leader == index:
+                    reduced.append(metric.all_reduce(axis_name))
+                else:
+                    source = reduced[leader]
+                    reduced.append(
+                        metric._replace(
+                            state=source.state,
+                            num_updates=source.num_updates,
+                            num_invalid=source.num_invalid,
+                        )
+                    )
+            stages.append(tuple(reduced))
+        return self._with(tuple(stages))
+
+    def reset(self, stage: str | None = None) -> Evaluator:
+        """Empty metrics for ``stage`` (every stage when left out), e.g. before a new epoch."""
+        if stage is None:
+            return self._with(tuple(tuple(m.reset() for m in ms) for ms in self._stages))
+        index = self._stage_index(stage)
+        return self._with(
+            self._replace_stage(index, tuple(m.reset() for m in self._stages[index]))
+        )
+
+    def compute(self, stage: str | None = None, *, curves: bool = False) -> dict[str, Any]:
+        """``{prefix + ClassName: value}`` for the metrics of ``stage``; jit-able for binned metrics.
+
+        With ``curves=True``, every metric with a ``curve()`` method (AUROC: ROC, AUPR: PR, ...)
+        also gives ``name + "_curve"``. Eagerly, a non-strict metric that never saw a batch with
+        its fields is left out (its value is None).
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> ev = jm.Evaluator([jm.AUROC(), jm.F1Score(prefix="pred_")])
+            >>> ev = ev.update({"pred_score": [0.2, 0.7], "gt_label": [0, 1], "pred_label": [0, 1]})
+            >>> fpr, tpr = ev.compute(curves=True)["AUROC_curve"]
+            >>> sorted(ev.compute()), tpr.tolist()
+            (['AUROC', 'pred_F1Score'], [0.0, 0.0, 1.0, 1.0])
+        """
+        results: dict[str, Any] = {}
+        for metric in self._stages[self._stage_index(stage)]:
+            value = metric.compute()
+            if value is None:
+                continue
+            results[metric.name] = value
+            if curves and hasattr(metric, "curve"):
+                results[metric.name + "_curve"] = metric.curve()
+        return results
+
+    def _stage_index(self, stage: str | None) -> int:
+        if stage is None:
+            used = self.stages
+            if len(used) > 1:
+                raise ValueError(
+                    f"stage: this Evaluator has metrics for {list(used)}; pass stage='val' or "
+                    "stage='test'"
+                )
+            stage = used[0] if used else STAGES[0]
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
+        return STAGES.index(stage)
+
+    def _replace_stage(self, index: int, metrics: tuple[Metric, ...]):
+        return tuple(metrics if i == index else ms for i, ms in enumerate(self._stages))
+
+    def __repr__(self) -> str:
+        parts = []
+        for stage, metrics in zip(STAGES, self._stages):
+            if metrics:
+                lines = "".join(f"\n    {metric!r}," for metric in metrics)
+                parts.append(f"\n  {stage}_metrics=[{lines}\n  ],")
+        return f"Evaluator({''.join(parts)}\n)" if parts else "Evaluator()"
+
+
+jax.tree_util.register_pytree_with_keys(
+    Evaluator,
+    Evaluator._flatten_with_keys,
+    Evaluator._unflatten,
+    flatten_func=Evaluator._flatten,
+)
+flax.serialization.register_serialization_state(
+    Evaluator, Evaluator._to_state_dict, Evaluator._from_state_dict
+)

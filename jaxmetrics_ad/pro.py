@@ -1,0 +1,615 @@
+"""PRO and AUPRO: how much of each ground-truth defect region is detected, at one threshold or as an area.
+
+Both average over the 8-connected regions of the ground-truth masks (``scipy.ndimage.label`` with a
+3×3 structure, as MVTec AD and anomalib do; :func:`~jaxmetrics_ad.regions.connected_components`
+labels them inside ``jax.jit``). Every region of every image seen counts once, whatever its size.
+
+* :class:`PRO` — the mean over regions of the fraction of the region scoring ``> threshold``.
+* :class:`AUPRO` — the MVTec AD per-region-overlap curve (PRO against the false positive rate of the
+  background pixels, one point per distinct score), cut at ``fpr_limit`` and integrated. The PRO at
+  threshold ``t`` equals ``Σ_{region pixels scoring >= t} 1/|region of the pixel|`` divided by the
+  number of regions, so the curve is a score histogram with one count channel for background pixels
+  and one *weight* channel of ``1/|region|`` (plus the region count): fixed size, merged by addition.
+
+Region sizes come from each batch's labels with a segment sum. Labels of ground truth never change,
+so callers may pass them precomputed: with ``region_labels=True`` the second field holds int region
+labels per image (0 = background, any positive id = one region, ids need not be consecutive but must
+lie in ``[0, H·W]``, e.g. the output of ``scipy.ndimage.label`` or ``connected_components``).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
+from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
+from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.host import on_host
+from jaxmetrics_ad.regions import connected_components
+from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shape, is_traced
+
+DEFAULT_AUPRO_BINS = 16384
+"""Bins of ``AUPRO(thresholds=DEFAULT_AUPRO_BINS)``; measured error vs exact below 1e-4 (see AUPRO)."""
+
+_BACKGROUND, _REGION = 0, 1
+
+
+class Regions(NamedTuple):
+    """The ground-truth regions of one batch of N images of H×W pixels."""
+
+    labels: jax.Array  # int32 (N, H, W): 0 = background, regions numbered per image
+    sizes: jax.Array  # int32 (N, H, W): size of the pixel's region, 0 on background
+    segment_ids: (
+        jax.Array
+    )  # int32 (N, H, W): image · H·W + label − 1 on regions, N·H·W on background
+    segment_sizes: jax.Array  # int32 (N, H·W): pixels of label 1, 2, ... of each image
+    num_regions: jax.Array  # int32 scalar: regions in the batch
+    num_invalid: jax.Array  # int32 scalar: mask values that are neither 0 nor 1 (or bad labels)
+
+
+@functools.partial(jax.jit, static_argnames="region_labels")
+def batch_regions(target: jax.Array, region_labels: bool = False) -> Regions:
+    """Regions of a batch of masks (N, H, W) or (H, W), or of precomputed labels (``region_labels``).
+
+    Binary masks are labelled with 8-connectivity; precomputed labels are used as they are (values
+    outside ``[0, H·W]`` count as invalid and as background). Jit-able.
+
+    Example:
+        >>> import numpy as np
+        >>> regions = batch_regions(np.array([[1, 0, 1], [1, 0, 0]]))
+        >>> regions.sizes.tolist(), int(regions.num_regions)
+        ([[[2, 0, 1], [2, 0, 0]]], 2)
+    """
+    target = jnp.reshape(target, (-1, *target.shape[-2:]))
+    num_images, height, width = target.shape
+    pixels = height * width
+    if region_labels:
+        invalid = (target < 0) | (target > pixels)
+        labels = jnp.where(invalid, 0, target).astype(jnp.int32)
+    else:
+        invalid = jnp.zeros(target.shape, bool)
+        if target.dtype != jnp.bool_:
+            invalid = (target != 0) & (target != 1)
+        labels, _ = connected_components(target != 0)
+    # Background pixels get an out-of-range id that the scatter drops and the gather fills with 0:
+    # measured ~2x faster on CPU than giving the background a segment of its own.
+    image_offsets = jnp.arange(num_images, dtype=jnp.int32) * pixels
+    segment_ids = jnp.where(labels > 0, labels - 1 + image_offsets[:, None, None], labels.size)
+    segment_sizes = jnp.zeros(labels.size, jnp.int32).at[segment_ids.ravel()].add(1, mode="drop")
+    sizes = segment_sizes.at[segment_ids].get(mode="fill", fill_value=0)
+    return Regions(
+        labels=labels,
+        sizes=sizes,
+        segment_ids=segment_ids,
+        segment_sizes=segment_sizes.reshape(num_images, pixels),
+        num_regions=jnp.sum(segment_sizes > 0).astype(jnp.int32),
+        num_invalid=jnp.sum(invalid).astype(jnp.int32),
+    )
+
+
+def _check_image_inputs(
+    maps: jax.Array, target: jax.Array, fields: Sequence[str], region_labels: bool
+) -> None:
+    """Shapes always; values when concrete (see :mod:`jaxmetrics_ad.validation`)."""
+    maps_field, target_field = fields
+    for array, field in ((maps, maps_field), (target, target_field)):
+        if array.ndim not in (2, 3):
+            raise ValueError(
+                f"{field}: expected images of shape (N, H, W) or (H, W), got shape {array.shape}"
+            )
+    check_same_shape(maps, maps_field, target, target_field)
+    if jnp.issubdtype(maps.dtype, jnp.floating):
+        check_finite(maps, maps_field)
+    if not region_labels:
+        check_binary(target, target_field)
+        return
+    if not jnp.issubdtype(target.dtype, jnp.integer):
+        raise TypeError(
+            f"{target_field}: region_labels=True expects integer region labels (0 = background), "
+            f"got dtype {target.dtype}"
+        )
+    if is_traced(target):
+        return
+    pixels = target.shape[-1] * target.shape[-2]
+    bad = (target < 0) | (target > pixels)
+    count = int(jnp.sum(bad))
+    if count:
+        example = target.ravel()[jnp.argmax(bad.ravel())].item()
+        raise ValueError(
+            f"{target_field}: region labels must lie in [0, H·W] = [0, {pixels}], found {count} "
+            f"other values (e.g. {example})"
+        )
+
+
+class RegionOverlap(struct.PyTreeNode):
+    """Sum over regions of the fraction predicted positive, and the number of regions."""
+
+    overlap_sum: jax.Array  # float32 scalar
+    num_regions: jax.Array  # int32 scalar
+
+    def merge(self, other: RegionOverlap) -> RegionOverlap:
+        """The sums over both."""
+        return RegionOverlap(
+            self.overlap_sum + other.overlap_sum, self.num_regions + other.num_regions
+        )
+
+    def all_reduce(self, axis_name: str) -> RegionOverlap:
+        """The sums over every device along ``axis_name``."""
+        return RegionOverlap(
+            jax.lax.psum(self.overlap_sum, axis_name), jax.lax.psum(self.num_regions, axis_name)
+        )
+
+
+class PRO(Metric):
+    """Per-region overlap at one threshold: the mean over all ground-truth regions of the fraction of
+    the region predicted positive (anomalib's PRO).
+
+    Float maps are predicted positive where ``map > threshold``; int or bool maps are predictions
+    already (non-zero = positive). Regions of all images seen count once each; with no region at all
+    the value is 1.0, as in anomalib. The state is two scalars (overlap sum, region count), merged
+    by addition and ``psum``.
+
+    Args:
+        threshold: the binarisation threshold of float maps.
+        region_labels: the second field holds int region labels instead of binary masks (see the
+            module docstring).
+
+    Example:
+        >>> import numpy as np, jaxmetrics_ad as jm
+        >>> maps = np.array([[0.9, 0.2, 0.0], [0.0, 0.0, 0.0], [0.0, 0.7, 0.1]])
+        >>> masks = np.array([[1, 1, 0], [0, 0, 0], [0, 1, 1]])
+        >>> float(jm.PRO()(maps, masks))  # two regions, each half detected
+        0.5
+    """
+
+    default_fields = ("anomaly_map", "gt_mask")
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        *,
+        region_labels: bool = False,
+        fields: Sequence[str] | None = None,
+        prefix: str = "",
+        strict: bool = True,
+    ) -> None:
+        super().__init__(
+            fields=fields,
+            prefix=prefix,
+            strict=strict,
+            threshold=float(threshold),
+            region_labels=bool(region_labels),
+        )
+
+    def _empty_state(self) -> RegionOverlap:
+        return RegionOverlap(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def _check_inputs(self, maps: jax.Array, target: jax.Array) -> None:
+        _check_image_inputs(maps, target, self.fields, self.region_labels)
+        if not jnp.issubdtype(maps.dtype, jnp.floating):
+            check_binary(maps, self.fields[0])
+
+    def _update_state(self, maps: jax.Array, target: jax.Array):
+        regions = batch_regions(target, self.region_labels)
+        maps = jnp.reshape(maps, regions.labels.shape)
+        if jnp.issubdtype(maps.dtype, jnp.floating):
+            predicted, invalid = maps > self.threshold, ~jnp.isfinite(maps)
+        else:
+            predicted, invalid = maps != 0, (maps != 0) & (maps != 1)
+        hits = jnp.zeros(regions.segment_sizes.size, jnp.int32)
+        hits = hits.at[regions.segment_ids.ravel()].add(
+            predicted.ravel().astype(jnp.int32), mode="drop"
+        )
+        sizes = regions.segment_sizes.ravel()
+        fractions = jnp.where(sizes > 0, hits / jnp.maximum(sizes, 1), 0.0)
+        batch = RegionOverlap(jnp.sum(fractions).astype(jnp.float32), regions.num_regions)
+        num_invalid = jnp.sum(invalid).astype(jnp.int32) + regions.num_invalid
+        return self.state.merge(batch), num_invalid
+
+    def _compute(self) -> jax.Array:
+        regions = self.state.num_regions
+        mean = self.state.overlap_sum / jnp.maximum(regions, 1).astype(jnp.float32)
+        return jnp.where(regions > 0, mean, 1.0)
+
+
+class ProBlocks(NamedTuple):
+    """The exact PRO curve at each distinct background score ``t``, descending (numpy float64).
+
+    ``fpr_gt``/``pro_gt`` count the pixels scoring ``> t``, ``fpr_ge``/``pro_ge`` those ``>= t``:
+    the curve steps from the first point to the second at ``t``. Region pixels between two
+    background scores only move the curve up, which adds no area.
+    """
+
+    fpr_gt: np.ndarray
+    fpr_ge: np.ndarray
+    pro_gt: np.ndarray
+    pro_ge: np.ndarray
+    pro_total: float
+
+
+def exact_pro_blocks(
+    scores: np.ndarray,
+    channels: np.ndarray,
+    region_sizes: np.ndarray,
+    num_regions: int,
+    fpr_limit: float | None = None,
+) -> ProBlocks:
+    """The MVTec AD PRO curve by background score, computed on the host in float64.
+
+    ``channels`` is 0 for background pixels, 1 for region pixels and negative for samples to skip;
+    ``region_sizes`` the size of each region pixel's region. With ``fpr_limit`` only the blocks up
+    to the first one whose FPR exceeds the limit are returned: those are all an area up to the limit
+    needs, and finding them takes a partition plus a sort of that part of the background only (the
+    region pixels, few in anomaly detection, are sorted in full).
+
+    Example:
+        >>> import numpy as np
+        >>> blocks = exact_pro_blocks(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 0, 0, 0]),
+        ...                           np.array([1, 0, 0, 0]), num_regions=1)
+        >>> blocks.fpr_ge.tolist(), blocks.pro_ge.tolist()
+        ([0.6666666666666666, 1.0], [1.0, 1.0])
+    """
+    channels = np.asarray(channels)
+    scores = np.asarray(scores)
+    is_region = channels == _REGION
+    region_scores = scores[is_region]
+    region_weights = 1.0 / np.asarray(region_sizes)[is_region].astype(np.float64)
+    background = scores[channels == _BACKGROUND]
+    num_background = background.size
+    if fpr_limit is not None:
+        # Two more than the limit allows, so that the first block beyond the limit is kept whole.
+        needed = int(fpr_limit * num_background) + 2
+        if needed < num_background:
+            background = np.partition(background, num_background - needed)
+            kth = background[num_background - needed]
+            ties_below = np.count_nonzero(background[: num_background - needed] == kth)
+            background = np.concatenate(
+                (np.full(ties_below, kth), background[num_background - needed :])
+            )
+    background = np.sort(background)
+    block_starts = np.flatnonzero(np.concatenate(([True], background[1:] != background[:-1])))
+    values = background[block_starts]  # distinct background scores, ascending
+    num_blocks = values.size
+
+    def pro_of_top(side: str) -> np.ndarray:
+        # A region pixel counts at every block whose score it reaches: bin each pixel by the number
+        # of blocks below it, then sum from the top. Far cheaper than sorting the blocks' queries.
+        blocks_below = np.searchsorted(values, region_scores, side=side)
+        per_block = np.bincount(blocks_below, region_weights, minlength=num_blocks + 1)
+        from_top = np.cumsum(per_block[::-1])[::-1]
+        return np.minimum(from_top[1:] / num_regions, 1.0)[::-1]
+
+    num_regions = max(int(num_regions), 1)
+    count_ge = (background.size - block_starts)[::-1].astype(np.float64)
+    count_gt = np.concatenate(([0.0], count_ge[:-1]))
+    denominator = max(num_background, 1)
+    return ProBlocks(
+        fpr_gt=count_gt / denominator,
+        fpr_ge=count_ge / denominator,
+        pro_gt=pro_of_top("left"),
+        pro_ge=pro_of_top("right"),
+        pro_total=min(float(np.sum(region_weights)) / num_regions, 1.0),
+    )
+
+
+def exact_aupro(
+    scores: np.ndarray,
+    channels: np.ndarray,
+    region_sizes: np.ndarray,
+    num_regions: int,
+    fpr_limit: float,
+) -> float:
+    """Area under the exact PRO curve up to ``fpr_limit`` divided by it (the MVTec AD algorithm).
+
+    The trapezoid rule over the curve's points, PRO linearly interpolated where the curve crosses
+    the limit; 0.0 without background or region (anomalib's convention). Arguments as in
+    :func:`exact_pro_blocks`.
+
+    Example:
+        >>> import numpy as np
+        >>> exact_aupro(np.array([0.9, 0.8, 0.8, 0.1]), np.array([1, 0, 0, 0]),
+        ...             np.array([1, 0, 0, 0]), num_regions=1, fpr_limit=0.5)
+        1.0
+    """
+    channels = np.asarray(channels)
+    if int(num_regions) == 0 or not np.any(channels == _BACKGROUND):
+        return 0.0
+    blocks = exact_pro_blocks(scores, channels, region_sizes, num_regions, fpr_limit)
+    inside = blocks.fpr_ge <= fpr_limit
+    steps = (blocks.fpr_ge - blocks.fpr_gt) * (blocks.pro_gt + blocks.pro_ge) / 2
+    area = float(np.sum(steps[inside]))
+    crossing = int(np.sum(inside))
+    if crossing < inside.size and blocks.fpr_gt[crossing] < fpr_limit:
+        x0, x1 = blocks.fpr_gt[crossing], blocks.fpr_ge[crossing]
+        y0, y1 = blocks.pro_gt[crossing], blocks.pro_ge[crossing]
+        y_at_limit = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+        area += 0.5 * (y0 + y_at_limit) * (fpr_limit - x0)
+    return float(area / fpr_limit)
+
+
+def _binned_area_up_to(fpr: jax.Array, pro: jax.Array, fpr_limit: float) -> jax.Array:
+    """Trapezoid area under the points (fpr, pro), fpr ascending, up to ``fpr_limit`` (jax).
+
+    The segment that crosses the limit is cut there with PRO linearly interpolated, as the exact
+    algorithm does.
+    """
+    x0, x1, y0, y1 = fpr[:-1], fpr[1:], pro[:-1], pro[1:]
+    x_end = jnp.minimum(x1, fpr_limit)
+    width = jnp.maximum(x_end - x0, 0.0)
+    fraction = jnp.where(x1 > x0, width / jnp.where(x1 > x0, x1 - x0, 1.0), 0.0)
+    y_end = y0 + (y1 - y0) * fraction
+    return jnp.sum(width * (y0 + y_end) / 2)
+
+
+class RegionCurveState(struct.PyTreeNode):
+    """AUPRO's state: the samples (a histogram when binned, a buffer when exact) and a region count.
+
+    Binned: channel 0 counts background pixels, channel 1 region pixels, weight 0 sums 1/|region|.
+    Exact: every pixel's score and channel, with its region's size as weight 0 (1/size is taken on
+    the host in float64, so the exact value does not suffer float32 rounding of the weights).
+    """
+
+    samples: Any  # ScoreHistogram | ChunkedBuffer | FixedBuffer
+    num_regions: jax.Array  # int32 scalar
+
+    @property
+    def grows(self) -> bool:
+        """True when the samples grow with every update (eager exact mode)."""
+        return getattr(self.samples, "grows", False)
+
+    def merge(self, other: RegionCurveState) -> RegionCurveState:
+        """The samples and regions of both."""
+        return RegionCurveState(
+            self.samples.merge(other.samples), self.num_regions + other.num_regions
+        )
+
+    def all_reduce(self, axis_name: str) -> RegionCurveState:
+        """The samples and regions of every device along ``axis_name``."""
+        return RegionCurveState(
+            self.samples.all_reduce(axis_name), jax.lax.psum(self.num_regions, axis_name)
+        )
+
+
+class AUPRO(Metric):
+    """Area under the per-region-overlap curve up to ``fpr_limit``, normalised by it (MVTec AD's AUPRO).
+
+    The curve has one point per distinct score: x is the fraction of background pixels scoring at or
+    above it (FPR), y the mean over all ground-truth regions of the fraction of the region scoring at
+    or above it (PRO); tied scores enter together, (0, 0) comes first. The area up to ``fpr_limit``
+    (PRO linearly interpolated at the cut) is divided by ``fpr_limit``. Without any background pixel
+    or any region the value is 0, as in anomalib (with a warning when computed eagerly).
+
+    ``fpr_limit`` is rounded to float32 as anomalib stores it (0.3 → 0.30000001192...), so the
+    default reproduces anomalib's number to the last digits.
+
+    ``thresholds`` picks the state, as for :class:`~jaxmetrics_ad.AUROC`:
+
+    * ``None`` — **exact**: every pixel's score, background/region channel and region size are kept
+      (9 bytes per pixel) and compute runs the MVTec AD algorithm on the host in float64 (through
+      ``jax.pure_callback``, so it also works inside jit); it equals the MVTec AD evaluation script
+      to ~1e-12. Only the background above the limit's threshold is sorted: ~0.5 s for 300 images of
+      256×256 on a 2-core CPU, where a global argsort takes ~8 s. ``capacity=`` (in pixels) gives a
+      fixed-size buffer for ``jax.jit``/``lax.scan``.
+    * an ``int`` — **binned**: an auto-ranging score histogram of that many bins with a background
+      count, a region-pixel count and a ``1/|region|`` weight sum per bin, plus the region count.
+      Fixed size whatever the number of images; merges by addition and ``psum``. Each bin acts as a
+      block of tied scores, so the curve is exact at bin edges and straight inside a bin;
+      :meth:`error_bound` bounds the difference to the exact area. Measured on realistic maps
+      (:func:`~jaxmetrics_ad.synthetic.make_category`, 300 images of 256×256):
+      |binned − exact| ≈ 4e-6 with :data:`DEFAULT_AUPRO_BINS`, ≤ 1e-4 with 4096 bins.
+    * an array — binned at exactly those thresholds (a pixel counts when ``score >= threshold``).
+
+    Args:
+        fpr_limit: upper FPR bound of the integration, in (0, 1].
+        thresholds: ``None`` (exact), a number of bins, or ascending thresholds.
+        capacity: exact mode only: pixels a fixed-size buffer holds (for jit/scan).
+        region_labels: the second field holds int region labels instead of binary masks (see the
+            module docstring).
+
+    Example:
+        >>> import numpy as np, jaxmetrics_ad as jm
+        >>> maps = np.array([[[0.9, 0.8], [0.8, 0.1]]])
+        >>> masks = np.array([[[1, 0], [0, 0]]])
+        >>> float(jm.AUPRO(fpr_limit=0.5)(maps, masks))
+        1.0
+        >>> binned = jm.AUPRO(thresholds=1024).update(maps, masks)
+        >>> round(float(binned.compute()), 4), round(float(binned.error_bound()), 4)
+        (1.0, 0.0)
+    """
+
+    default_fields = ("anomaly_map", "gt_mask")
+
+    def __init__(
+        self,
+        fpr_limit: float = 0.3,
+        thresholds: Thresholds = None,
+        *,
+        capacity: int | None = None,
+        region_labels: bool = False,
+        fields: Sequence[str] | None = None,
+        prefix: str = "",
+        strict: bool = True,
+    ) -> None:
+        if isinstance(fpr_limit, bool) or not 0.0 < float(fpr_limit) <= 1.0:
+            raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}")
+        thresholds = _checked_thresholds(thresholds)
+        if capacity is not None and thresholds is not None:
+            raise ValueError("capacity applies to exact mode (thresholds=None) only")
+        super().__init__(
+            fields=fields,
+            prefix=prefix,
+            strict=strict,
+            fpr_limit=float(np.float32(fpr_limit)),
+            thresholds=thresholds,
+            capacity=capacity,
+            region_labels=bool(region_labels),
+        )
+
+    @property
+    def is_exact(self) -> bool:
+        """True when the metric keeps every pixel (``thresholds=None``)."""
+        return self.thresholds is None
+
+    def _empty_state(self) -> RegionCurveState:
+        if self.thresholds is None:
+            if self.capacity is None:
+                samples = ChunkedBuffer.empty(num_weights=1)
+            else:
+                samples = FixedBuffer.empty(self.capacity, num_weights=1)
+        elif isinstance(self.thresholds, int):
+            samples = ScoreHistogram.auto(self.thresholds, num_channels=2, num_weights=1)
+        else:
+            samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
+        return RegionCurveState(samples, jnp.zeros((), jnp.int32))
+
+    def _check_inputs(self, maps: jax.Array, target: jax.Array) -> None:
+        _check_image_inputs(maps, target, self.fields, self.region_labels)
+
+    def _update_state(self, maps: jax.Array, target: jax.Array):
+        scores, channels, weights, num_regions, num_invalid = _pixel_samples(
+            maps, target, self.region_labels, self.is_exact
+        )
+        samples = self.state.samples.add(scores, channels, weights)
+        return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
+
+    def _compute(self) -> jax.Array:
+        if not self.is_exact:
+            fpr, pro = self._binned_curve()
+            area = _binned_area_up_to(fpr, pro, self.fpr_limit) / self.fpr_limit
+            return jnp.where(self._is_defined(), area, 0.0)
+        scores, channels, weights = self.state.samples.arrays()
+        fpr_limit = self.fpr_limit
+
+        def host(scores, channels, sizes, num_regions) -> np.ndarray:
+            return np.float32(exact_aupro(scores, channels, sizes, num_regions, fpr_limit))
+
+        value = on_host(
+            host,
+            jax.ShapeDtypeStruct((), jnp.float32),
+            scores,
+            channels,
+            weights[0],
+            self.state.num_regions,
+        )
+        return jnp.where(self.state.samples.overflowed(), jnp.nan, value)
+
+    def curve(self) -> tuple[jax.Array, jax.Array]:
+        """(fpr, pro) points of the whole PRO curve from (0, 0) to FPR 1, for plotting.
+
+        The full curve, not cut at ``fpr_limit`` (:func:`~jaxmetrics_ad.plotting.plot_pro` marks and
+        shades the limit). Binned: one point per bin plus (0, 0), fixed length, jit-able. Exact: two
+        points per distinct background score (before and after its tie block), eager only.
+
+        Example:
+            >>> import numpy as np, jaxmetrics_ad as jm
+            >>> m = jm.AUPRO().update(np.array([[0.9, 0.8], [0.8, 0.1]]), np.array([[1, 0], [0, 0]]))
+            >>> fpr, pro = m.curve()
+            >>> [round(v, 3) for v in fpr.tolist()], pro.tolist()
+            ([0.0, 0.0, 0.667, 0.667, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        """
+        if not self.is_exact:
+            return self._binned_curve()
+        if is_traced(*jax.tree_util.tree_leaves(self.state)):
+            raise TypeError(
+                f"{self.name}: the exact curve has a data-dependent length; "
+                "use binned thresholds=<int> inside jit"
+            )
+        self._check_state()
+        scores, channels, weights = (np.asarray(a) for a in self.state.samples.arrays())
+        blocks = exact_pro_blocks(scores, channels, weights[0], int(self.state.num_regions))
+        fpr = np.stack([blocks.fpr_gt, blocks.fpr_ge], axis=-1).ravel()
+        pro = np.stack([blocks.pro_gt, blocks.pro_ge], axis=-1).ravel()
+        fpr = np.concatenate(([0.0], fpr, [1.0]))
+        pro = np.concatenate(([0.0], pro, [blocks.pro_total]))
+        return jnp.asarray(fpr, jnp.float32), jnp.asarray(pro, jnp.float32)
+
+    def error_bound(self) -> jax.Array:
+        """An upper bound on |binned AUPRO − exact AUPRO| (0 in exact mode), up to float32 rounding.
+
+        Inside a bin the exact curve runs from the bin's first corner to its second and stays in
+        the box they span, while the binned curve is the diagonal: a bin wholly below the limit is
+        off by at most half its box, ``Δfpr·Δpro / 2``; the bin that the limit cuts by at most
+        ``(limit − fpr_before)·Δpro``. The sum is divided by the limit.
+
+        Example:
+            >>> import numpy as np, jaxmetrics_ad as jm
+            >>> maps, masks = np.array([[0.9, 0.2, 0.7]]), np.array([[1, 0, 0]])
+            >>> float(jm.AUPRO()(maps, masks))  # exact
+            1.0
+            >>> coarse = jm.AUPRO(thresholds=[0.5]).update(maps, masks)  # one bin holds .7 and .9
+            >>> round(float(coarse.compute()), 4), float(coarse.error_bound())
+            (0.3, 1.0)
+        """
+        if self.is_exact:
+            return jnp.zeros((), jnp.float32)
+        fpr, pro = self._binned_curve()
+        x0, x1, height = fpr[:-1], fpr[1:], pro[1:] - pro[:-1]
+        inside = x1 <= self.fpr_limit
+        cut = ~inside & (x0 < self.fpr_limit)
+        bound = jnp.where(inside, (x1 - x0) * height / 2, 0.0)
+        bound = bound + jnp.where(cut, (self.fpr_limit - x0) * height, 0.0)
+        return jnp.where(self._is_defined(), jnp.sum(bound) / self.fpr_limit, 0.0)
+
+    def _binned_curve(self) -> tuple[jax.Array, jax.Array]:
+        _, counts, weights = self.state.samples.cumulative()
+        num_background = jnp.maximum(counts[0, -1], 1.0)
+        num_regions = jnp.maximum(self.state.num_regions, 1).astype(jnp.float32)
+        zero = jnp.zeros((1,), jnp.float32)
+        fpr = jnp.concatenate([zero, counts[0] / num_background])
+        pro = jnp.concatenate([zero, jnp.minimum(weights[0] / num_regions, 1.0)])
+        return fpr, pro
+
+    def _is_defined(self) -> jax.Array:
+        return (self.state.samples.counts.lo[0].any() | self.state.samples.counts.hi[0].any()) & (
+            self.state.num_regions > 0
+        )
+
+    def _check_state(self) -> None:
+        if self.is_exact:
+            if bool(self.state.samples.overflowed()):
+                raise ValueError(
+                    f"{self.name}: more pixels were added than capacity={self.capacity}"
+                )
+            has_background = _has_background(self.state.samples)
+        else:
+            has_background = float(self.state.samples.counts.as_float()[0].sum()) > 0
+        if not has_background or int(self.state.num_regions) == 0:
+            missing = "ground-truth region" if has_background else "background pixel"
+            warnings.warn(
+                f"{self.name}: no {missing}; AUPRO is undefined and set to 0 (as in anomalib)",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:
+    """Whether an exact buffer holds a background pixel, without concatenating its chunks."""
+    if isinstance(buffer, ChunkedBuffer):
+        return any(bool(jnp.any(channels == _BACKGROUND)) for _, channels, _ in buffer.chunks)
+    return bool(jnp.any(buffer.channels == _BACKGROUND))
+
+
+@functools.partial(jax.jit, static_argnames=("region_labels", "exact"))
+def _pixel_samples(maps: jax.Array, target: jax.Array, region_labels: bool, exact: bool):
+    """Per pixel: score, channel (0 background, 1 region, -1 invalid) and weight row; plus the
+    batch's region count and invalid-value count. The weight is 1/|region| (binned) or |region|
+    (exact: inverted on the host in float64).
+    """
+    regions = batch_regions(target, region_labels)
+    scores = jnp.ravel(maps).astype(jnp.float32)
+    finite = jnp.isfinite(scores)
+    in_region = jnp.ravel(regions.labels) > 0
+    channels = jnp.where(finite, in_region.astype(jnp.int32), -1)
+    sizes = jnp.ravel(regions.sizes).astype(jnp.float32)
+    weights = sizes if exact else jnp.where(in_region, 1.0 / jnp.maximum(sizes, 1.0), 0.0)
+    num_invalid = jnp.sum(~finite).astype(jnp.int32) + regions.num_invalid
+    return scores, channels, weights[None, :], regions.num_regions, num_invalid

@@ -1,0 +1,205 @@
+"""Tests for the jaxmetrics-ad command line: demo, evaluate (MVTec layout and .npz), bad inputs."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+import jaxmetrics_ad as jm
+from jaxmetrics_ad import cli
+from jaxmetrics_ad.io import resize_maps
+from jaxmetrics_ad.synthetic import make_category
+
+SIZE = 48
+MAP_SIZE = 24  # maps are saved at half the mask size, as models often output them
+
+
+@pytest.fixture(scope="module")
+def category():
+    return make_category(num_normal=4, num_anomalous=6, size=(SIZE, SIZE), seed=3)
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path)
+
+
+@pytest.fixture
+def mvtec_tree(tmp_path, category):
+    """An MVTec AD category (images, masks) and a folder of .npy maps from the generated data."""
+    dataset, maps = tmp_path / "bottle", tmp_path / "maps"
+    small_maps = resize_maps(category.anomaly_maps, (MAP_SIZE, MAP_SIZE))
+    for index, (defect, mask) in enumerate(zip(category.defect_types, category.gt_masks)):
+        name = f"{index:03d}"
+        write_png(dataset / "test" / defect / f"{name}.png", np.zeros((SIZE, SIZE, 3), np.uint8))
+        if defect != "good":
+            write_png(dataset / "ground_truth" / defect / f"{name}_mask.png", mask * np.uint8(255))
+        (maps / defect).mkdir(parents=True, exist_ok=True)
+        np.save(maps / defect / f"{name}.npy", small_maps[index])
+    return dataset, maps, small_maps
+
+
+def expected_arrays(category, small_maps):
+    """The arrays the CLI evaluates: maps resized back to the mask size, in file order."""
+    order = sorted(
+        range(len(category)), key=lambda index: (category.defect_types[index], f"{index:03d}")
+    )
+    maps = resize_maps(small_maps[order], (SIZE, SIZE))
+    return maps, category.gt_masks[order], category.gt_labels[order]
+
+
+def run_cli(args, capsys):
+    code = cli.main([str(arg) for arg in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_demo_prints_every_metric_of_the_suite_and_the_time(capsys):
+    code, out, _ = run_cli(["demo", "--images", 20, "--size", 64, "--batch-size", 10], capsys)
+    assert code == 0
+    for name in cli.suite.available_metrics():
+        assert name in out
+    assert "binned" in out and "error bound" in out and "time:" in out
+
+
+def test_python_dash_m_runs_the_demo():
+    completed = subprocess.run(
+        [sys.executable, "-m", "jaxmetrics_ad", "demo", "--images", "12", "--size", "32",
+         "--metrics", "pixel_AUROC,image_AUROC", "--quiet"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr
+    assert "pixel_AUROC" in completed.stdout and "image_AUROC" in completed.stdout
+
+
+def test_evaluate_exact_on_an_mvtec_tree_matches_sklearn_and_the_python_api(
+    mvtec_tree, category, tmp_path, capsys
+):
+    dataset, maps, small_maps = mvtec_tree
+    output = tmp_path / "results.json"
+    code, out, err = run_cli(
+        ["evaluate", "--dataset", dataset, "--maps", maps, "--exact", "--batch-size", 4,
+         "--output", output, "--quiet"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    results = json.loads(output.read_text())
+    assert results["mode"] == "exact" and results["num_images"] == len(category)
+    values = results["metrics"]
+
+    anomaly_maps, gt_masks, gt_labels = expected_arrays(category, small_maps)
+    pixel_scores, pixel_labels = anomaly_maps.ravel(), gt_masks.ravel()
+    image_scores = anomaly_maps.max(axis=(1, 2))
+    assert values["pixel_AUROC"] == pytest.approx(
+        roc_auc_score(pixel_labels, pixel_scores), abs=1e-6
+    )
+    assert values["pixel_AUPR"] == pytest.approx(
+        average_precision_score(pixel_labels, pixel_scores), abs=1e-6
+    )
+    precision, recall, _ = precision_recall_curve(pixel_labels, pixel_scores)
+    f1 = 2 * precision * recall / (precision + recall + 1e-10)
+    assert values["pixel_F1Max"] == pytest.approx(f1.max(), abs=1e-6)
+    assert values["image_AUROC"] == pytest.approx(roc_auc_score(gt_labels, image_scores), abs=1e-6)
+    for name in cli.suite.available_metrics():
+        level, class_name = name.split("_", 1)
+        fields = ("pred_score", "gt_label") if level == "image" else ("anomaly_map", "gt_mask")
+        arrays = (image_scores, gt_labels) if level == "image" else (anomaly_maps, gt_masks)
+        metric = cli.suite.build_suite([name], exact=True).metrics[0]
+        assert metric.fields == fields
+        assert values[name] == pytest.approx(float(np.mean(metric(*arrays))), abs=1e-6), name
+
+
+def test_evaluate_binned_npz_equals_the_binned_python_api_and_writes_csv(
+    category, tmp_path, capsys
+):
+    npz, output = tmp_path / "set.npz", tmp_path / "results.csv"
+    np.savez(npz, anomaly_maps=category.anomaly_maps, gt_masks=category.gt_masks)
+    code, _, err = run_cli(
+        ["evaluate", "--npz", npz, "--metrics", "pixel_AUROC,pixel_F1Max", "--bins", 1024,
+         "--output", output],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = output.read_text().splitlines()
+    assert rows[0] == "metric,value"
+    written = {name: float(value) for name, value in (row.split(",") for row in rows[1:])}
+    pixels = (category.anomaly_maps, category.gt_masks)
+    assert written == {
+        "pixel_AUROC": float(jm.AUROC(1024)(*pixels)),
+        "pixel_F1Max": float(jm.F1Max(1024)(*pixels)),
+    }
+
+
+def test_evaluate_writes_roc_and_pr_plots(category, tmp_path, capsys):
+    npz = tmp_path / "set.npz"
+    np.savez(npz, anomaly_maps=category.anomaly_maps, gt_masks=category.gt_masks)
+    code, _, err = run_cli(
+        ["evaluate", "--npz", npz, "--exact", "--plots", tmp_path / "plots"], capsys
+    )
+    assert code == 0, err
+    for name in ("roc.png", "pr.png"):
+        with Image.open(tmp_path / "plots" / name) as image:
+            assert image.size[0] > 100
+
+
+def break_missing_folder(dataset, maps):
+    missing = maps.parent / "no_such_maps"
+    return missing, missing
+
+
+def break_map_without_mask(dataset, maps):
+    mask = next((dataset / "ground_truth").glob("*/*_mask.png"))
+    mask.unlink()
+    return maps, mask
+
+
+def break_shape(dataset, maps):
+    bad_map = next((maps / "good").glob("*.npy"))
+    np.save(bad_map, np.zeros((3, MAP_SIZE, MAP_SIZE), np.float32))
+    return maps, bad_map
+
+
+def break_unreadable_file(dataset, maps):
+    mask = next((dataset / "ground_truth").glob("*/*_mask.png"))
+    mask.write_bytes(b"this is not a png")
+    return maps, mask
+
+
+@pytest.mark.parametrize(
+    "break_input",
+    [break_missing_folder, break_map_without_mask, break_shape, break_unreadable_file],
+)
+def test_bad_input_exits_nonzero_naming_the_file_and_writes_no_output(
+    mvtec_tree, tmp_path, capsys, break_input
+):
+    dataset, maps, _ = mvtec_tree
+    maps_arg, named_file = break_input(dataset, maps)
+    output = tmp_path / "results.json"
+    code, _, err = run_cli(
+        ["evaluate", "--dataset", dataset, "--maps", maps_arg, "--output", output], capsys
+    )
+    assert code == 1
+    assert str(named_file) in err
+    assert err.count("\n") == 1  # one message, no traceback
+    assert not output.exists()
+    assert list(tmp_path.glob(".results.json*")) == []
+
+
+def test_npz_with_masks_of_another_shape_is_rejected_naming_the_file(category, tmp_path, capsys):
+    npz, output = tmp_path / "set.npz", tmp_path / "results.json"
+    np.savez(npz, anomaly_maps=category.anomaly_maps, gt_masks=category.gt_masks[:, :-1])
+    code, _, err = run_cli(["evaluate", "--npz", npz, "--output", output], capsys)
+    assert code == 1 and str(npz) in err and "shape" in err
+    assert not output.exists()
+
+
+def test_unknown_output_suffix_and_unknown_metric_fail_before_any_work(tmp_path, capsys):
+    code, _, err = run_cli(["demo", "--output", tmp_path / "results.txt"], capsys)
+    assert code == 1 and "results.txt" in err
+    code, _, err = run_cli(["demo", "--metrics", "pixel_AUROC,pixel_IoU"], capsys)
+    assert code == 1 and "pixel_IoU" in err
