@@ -21,7 +21,7 @@ from jaxmetrics_ad.classification import (
 from jaxmetrics_ad.evaluator import Evaluator
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
-from jaxmetrics_ad.pro import AUPRO, DEFAULT_AUPRO_BINS, PRO
+from jaxmetrics_ad.pro import AUPRO, PRO
 from jaxmetrics_ad.statistics import AnomalyScoreDistribution, ManualThreshold, MinMax
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "AUPR",
     "AUPRO",
     "AUROC",
-    "DEFAULT_AUPRO_BINS",
     "DEFAULT_NUM_BINS",
     "PIMO",
     "PRO",

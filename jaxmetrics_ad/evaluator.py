@@ -282,9 +282,7 @@ class Evaluator:
         if stage is None:
             return self._with(tuple(tuple(m.reset() for m in ms) for ms in self._stages))
         index = self._stage_index(stage)
-        return self._with(
-            self._replace_stage(index, tuple(m.reset() for m in self._stages[index]))
-        )
+        return self._with(self._replace_stage(index, tuple(m.reset() for m in self._stages[index])))
 
     def compute(self, stage: str | None = None, *, curves: bool = False) -> dict[str, Any]:
         """``{prefix + ClassName: value}`` for the metrics of ``stage``; jit-able for binned metrics.

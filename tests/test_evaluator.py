@@ -7,7 +7,6 @@ import types
 
 import chex
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import struct
@@ -39,8 +38,12 @@ def as_dict(category, rows=slice(None)) -> dict[str, np.ndarray]:
 def image_and_pixel_evaluator(thresholds=BINS, capacity=None) -> jm.Evaluator:
     return jm.Evaluator(
         [
-            jm.AUROC(thresholds, capacity=capacity, fields=("pred_score", "gt_label"), prefix="image_"),
-            jm.AUROC(thresholds, capacity=capacity, fields=("anomaly_map", "gt_mask"), prefix="pixel_"),
+            jm.AUROC(
+                thresholds, capacity=capacity, fields=("pred_score", "gt_label"), prefix="image_"
+            ),
+            jm.AUROC(
+                thresholds, capacity=capacity, fields=("anomaly_map", "gt_mask"), prefix="pixel_"
+            ),
             jm.F1Score(fields=("pred_label", "gt_label"), prefix="image_"),
         ]
     )
@@ -145,7 +148,7 @@ def test_the_default_set_is_anomalibs(category):
 
 
 def test_two_metrics_with_the_same_name_are_rejected():
-    with pytest.raises(ValueError, match="'AUROC'.*prefix"):
+    with pytest.raises(ValueError, match=r"'AUROC'.*prefix"):
         jm.Evaluator([jm.AUROC(), jm.AUROC(fields=("anomaly_map", "gt_mask"))])
     with pytest.raises(TypeError, match="val_metrics"):
         jm.Evaluator([jm.AUROC(), "AUPR"])
@@ -249,7 +252,9 @@ def test_exact_metrics_share_the_kept_samples(category):
     metrics = evaluator.metrics()
     assert metrics["AUROC"].state is metrics["AUPR"].state
     masks, maps = category.gt_masks.ravel(), category.anomaly_maps.ravel()
-    np.testing.assert_allclose(float(evaluator.compute()["AUPR"]), average_precision_score(masks, maps), atol=1e-6)
+    np.testing.assert_allclose(
+        float(evaluator.compute()["AUPR"]), average_precision_score(masks, maps), atol=1e-6
+    )
 
 
 def test_metrics_that_already_hold_different_data_do_not_share():
@@ -257,7 +262,9 @@ def test_metrics_that_already_hold_different_data_do_not_share():
     evaluator = jm.Evaluator([auroc, jm.AUPR(BINS)])
     assert evaluator._plan[0] == (0, 1)
     results = evaluator.update({"pred_score": [0.2, 0.3], "gt_label": [1, 0]}).compute()
-    np.testing.assert_allclose(float(results["AUROC"]), roc_auc_score([0, 1, 1, 0], [0.1, 0.9, 0.2, 0.3]))
+    np.testing.assert_allclose(
+        float(results["AUROC"]), roc_auc_score([0, 1, 1, 0], [0.1, 0.9, 0.2, 0.3])
+    )
     np.testing.assert_allclose(float(results["AUPR"]), 0.5)
 
 
@@ -274,7 +281,9 @@ def test_compute_with_curves_adds_the_roc_curve(category):
 
 def test_the_evaluator_is_a_pytree_with_named_key_paths():
     evaluator = image_and_pixel_evaluator()
-    paths = [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(evaluator)]
+    paths = [
+        jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_leaves_with_path(evaluator)
+    ]
     assert any(path.startswith(".val['image_AUROC']") for path in paths)
     rebuilt = jax.tree.map(lambda x: x, evaluator)
     assert list(rebuilt.metrics()) == ["image_AUROC", "pixel_AUROC", "image_F1Score"]
@@ -283,7 +292,11 @@ def test_the_evaluator_is_a_pytree_with_named_key_paths():
 
 
 def test_the_repr_lists_each_stage_and_metric():
-    text = repr(jm.Evaluator(val_metrics=[jm.F1AdaptiveThreshold()], test_metrics=[jm.AUROC(prefix="image_")]))
+    text = repr(
+        jm.Evaluator(
+            val_metrics=[jm.F1AdaptiveThreshold()], test_metrics=[jm.AUROC(prefix="image_")]
+        )
+    )
     assert text.startswith("Evaluator(\n  val_metrics=[\n    F1AdaptiveThreshold(")
     assert "test_metrics=[\n    AUROC(" in text and "prefix='image_'" in text
     assert repr(jm.Evaluator()) == "Evaluator()"
