@@ -555,15 +555,26 @@ def _keep_tail(
     pixels at or above it, so they always fit; it never falls, so nothing needed was let go before.
     A cumulative sum packs them: O(candidates), unlike a top-k, which is slow on smooth maps.
     """
-    _, at_or_above = _curve_points(normal, normal.counts.as_float())
-    crowded_bins = jnp.sum(at_or_above[0, :-1] > tail_size)
-    edges = jnp.append(normal.lower_edges(), jnp.inf)
-    lowest_fitting = jnp.where(normal.score_min <= normal.score_max, edges[crowded_bins], -jnp.inf)
-    cutoff = jnp.maximum(cutoff, lowest_fitting)
+    cutoff = jnp.maximum(cutoff, _lowest_fitting_edge(normal, tail_size))
     kept = jnp.isfinite(candidates) & (candidates >= cutoff)
     slots = jnp.where(kept, jnp.cumsum(kept) - 1, tail_size)
     tail = jnp.full((tail_size,), -jnp.inf, jnp.float32).at[slots].set(candidates, mode="drop")
     return tail, cutoff
+
+
+def _lowest_fitting_edge(normal: ScoreHistogram, tail_size: int) -> jax.Array:
+    """The lowest edge of ``normal`` with at most ``tail_size`` normal pixels at or above it.
+
+    -inf while every normal score fits in the tail. Coarser grids' edges are edges of every finer
+    grid and counts only grow, so this edge of the final histogram is at or above every cutoff used
+    on the way: the kept tail holds every normal score at or above it, whatever the order of updates
+    and merges.
+    """
+    _, at_or_above = _curve_points(normal, normal.counts.as_float())
+    crowded_bins = jnp.sum(at_or_above[0, :-1] > tail_size)
+    edges = jnp.append(normal.lower_edges(), jnp.inf)
+    # With no crowded bin every normal score fits: the tail is complete, exact at any threshold.
+    return jnp.where(crowded_bins > 0, edges[crowded_bins], -jnp.inf)
 
 
 def _curve_points(histogram: ScoreHistogram, counts: jax.Array):
@@ -616,7 +627,10 @@ def _binned_shared_fpr(state: BinnedCurves, num_thresholds: int):
     ascending = jnp.sort(state.tail_scores)
     kept_above = state.tail_size - jnp.searchsorted(ascending, thresholds, side="left")
     exact = kept_above.astype(jnp.float32) / above[0, 0]
-    return thresholds, jnp.where(thresholds >= state.tail_cutoff, exact, binned)
+    # The final histogram's edge, not the stored cutoff (which depends on the order of merges), so
+    # that merge and all_reduce give bit for bit the result of one pass.
+    exact_from = jnp.maximum(state.tail_cutoff, _lowest_fitting_edge(normal, state.tail_size))
+    return thresholds, jnp.where(thresholds >= exact_from, exact, binned)
 
 
 _binned_shared_fpr_jit = jax.jit(_binned_shared_fpr, static_argnums=1)
