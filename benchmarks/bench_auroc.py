@@ -48,20 +48,28 @@ def main() -> None:
     scores = (rng.normal(size=args.samples) + 1.5 * labels).astype(np.float32) * 300 + 900
 
     rows = [("scikit-learn roc_auc_score", lambda: roc_auc_score(labels, scores))]
-    rows.append(("jaxmetrics_ad exact (host sort)", streamed(jm.AUROC(), scores, labels, args.batch)))
+    rows.append(
+        ("jaxmetrics_ad exact (host sort)", streamed(jm.AUROC(), scores, labels, args.batch))
+    )
     for bins in (4096, jm.DEFAULT_NUM_BINS):
         rows.append(
-            (f"jaxmetrics_ad binned, {bins} bins", streamed(jm.AUROC(thresholds=bins), scores, labels,
-                                                             args.batch))
+            (
+                f"jaxmetrics_ad binned, {bins} bins",
+                streamed(jm.AUROC(thresholds=bins), scores, labels, args.batch),
+            )
         )
     results = [(name, *median_seconds(run, args.repeats)) for name, run in rows]
     reference_time, reference_value = results[0][1], results[0][2]
-    print(f"AUROC on {args.samples:,} scores in batches of {args.batch:,}; "
-          f"{jax.devices()[0].platform}, median of {args.repeats}")
+    print(
+        f"AUROC on {args.samples:,} scores in batches of {args.batch:,}; "
+        f"{jax.devices()[0].platform}, median of {args.repeats}"
+    )
     print(f"{'method':36s} {'seconds':>9s} {'vs sklearn':>11s} {'|error|':>10s}")
     for name, seconds, value in results:
-        print(f"{name:36s} {seconds:9.3f} {reference_time / seconds:10.1f}x "
-              f"{abs(value - reference_value):10.2e}")
+        print(
+            f"{name:36s} {seconds:9.3f} {reference_time / seconds:10.1f}x "
+            f"{abs(value - reference_value):10.2e}"
+        )
 
 
 if __name__ == "__main__":

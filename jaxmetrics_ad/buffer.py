@@ -46,7 +46,7 @@ def _gather(values: jax.Array, axis_name: str) -> jax.Array:
     """
     devices = jax.lax.axis_size(axis_name)
     size = values.shape[-1]
-    blocks = jnp.zeros(values.shape[:-1] + (devices * size,), values.dtype)
+    blocks = jnp.zeros((*values.shape[:-1], devices * size), values.dtype)
     start = (0,) * (values.ndim - 1) + (jax.lax.axis_index(axis_name) * size,)
     return jax.lax.psum(jax.lax.dynamic_update_slice(blocks, values, start), axis_name)
 

@@ -164,7 +164,7 @@ def average_precision(counts: ThresholdCounts) -> Array:
         0.8333333333333333
     """
     xp = _xp(counts.tp_ge)
-    precision, recall = precision_recall(counts)
+    precision, _ = precision_recall(counts)
     gained = (counts.tp_ge - counts.tp_gt) / counts.num_positives
     area = xp.sum(xp.where(gained > 0, gained * precision, 0.0))
     return xp.where(counts.num_positives > 0, area, xp.nan)

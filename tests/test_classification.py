@@ -45,7 +45,9 @@ def scored_labels(draw, max_size=60):
 @given(scored_labels())
 def test_exact_metrics_equal_sklearn_on_random_and_tied_scores(data):
     scores, labels = data
-    assert float(jm.AUROC()(scores, labels)) == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    assert float(jm.AUROC()(scores, labels)) == pytest.approx(
+        roc_auc_score(labels, scores), abs=1e-6
+    )
     assert float(jm.AUPR()(scores, labels)) == pytest.approx(
         average_precision_score(labels, scores), abs=1e-6
     )
@@ -96,7 +98,9 @@ def test_merge_of_two_updates_equals_one_update_on_both(metric_type, thresholds)
     labels = rng.integers(0, 2, 400)
     scores[200:] *= 40  # the second half widens the range: auto bins must re-bin
     empty = metric_type(thresholds=thresholds)
-    merged = empty.update(scores[:200], labels[:200]).merge(empty.update(scores[200:], labels[200:]))
+    merged = empty.update(scores[:200], labels[:200]).merge(
+        empty.update(scores[200:], labels[200:])
+    )
     whole = empty.update(scores, labels)
     assert float(merged.compute()) == float(whole.compute())
     sequential = empty.update(scores[:200], labels[:200]).update(scores[200:], labels[200:])
@@ -247,7 +251,7 @@ def test_empty_metric_has_the_shapes_and_dtypes_of_an_updated_one():
 
 class TestBadInputs:
     def test_shape_mismatch_names_both_fields(self):
-        with pytest.raises(ValueError, match="anomaly_map has shape .* gt_mask has shape"):
+        with pytest.raises(ValueError, match=r"anomaly_map has shape .* gt_mask has shape"):
             jm.AUROC(fields=("anomaly_map", "gt_mask")).update(np.ones((2, 4)), np.ones((2, 5)))
 
     @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -283,8 +287,11 @@ class TestBadInputs:
         with pytest.raises(ValueError, match="exceed capacity=4"):
             jm.AUROC(capacity=4).update(np.ones(5), np.ones(5))
         step = jax.jit(lambda m, s, y: m.update(s, y))
-        metric = step(step(jm.AUROC(capacity=4), jnp.ones(3), jnp.array([0, 1, 0])), jnp.ones(3),
-                      jnp.array([0, 1, 0]))
+        metric = step(
+            step(jm.AUROC(capacity=4), jnp.ones(3), jnp.array([0, 1, 0])),
+            jnp.ones(3),
+            jnp.array([0, 1, 0]),
+        )
         assert np.isnan(float(jax.jit(lambda m: m.compute())(metric)))
         with pytest.raises(ValueError, match="capacity=4"):
             metric.compute()

@@ -40,6 +40,8 @@ SCRIPT = textwrap.dedent(
 
 
 def test_pmap_and_shard_map_reductions_equal_the_single_device_result():
-    result = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"

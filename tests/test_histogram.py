@@ -52,7 +52,9 @@ def test_rebinning_in_any_batch_order_gives_bitwise_the_same_state():
     for scores, label in zip(batches[::-1], labels[::-1]):
         part = empty.add(scores, label, np.ones((1, 300)))
         state = part.merge(state)
-    for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(one_pass), jax.tree_util.tree_leaves(state)):
+    for leaf_a, leaf_b in zip(
+        jax.tree_util.tree_leaves(one_pass), jax.tree_util.tree_leaves(state)
+    ):
         np.testing.assert_array_equal(leaf_a, leaf_b)
 
 
@@ -90,6 +92,8 @@ def test_all_reduce_over_eight_devices_equals_one_pass():
         print("ok")
         """
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
