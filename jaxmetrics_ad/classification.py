@@ -290,19 +290,24 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
             return xp.where(counts.num_positives > 0, threshold, xp.nan)
 
         threshold = self._scalar(adaptive)
-        lowest, highest = self._score_range()
-        negatives_missing = self._scalar(lambda c: c.num_negatives == 0)
-        threshold = jnp.where(negatives_missing > 0, lowest, threshold)
+        lowest, highest, has_negatives = self._score_range_and_negatives()
+        threshold = jnp.where(has_negatives, threshold, lowest)
         return jnp.where(jnp.isnan(threshold), highest, threshold)
 
-    def _score_range(self) -> tuple[jax.Array, jax.Array]:
+    def _score_range_and_negatives(self) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Lowest and highest score and whether a negative was seen, read without a second sort."""
         if not self.is_exact:
-            return self.state.score_min, self.state.score_max
+            return (
+                self.state.score_min,
+                self.state.score_max,
+                self.state.counts.as_float()[0].sum() > 0,
+            )
         scores, channels, _ = self.state.arrays()
         kept = channels >= 0
         return (
             jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf),
             jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf),
+            jnp.any(channels == 0),
         )
 
 
