@@ -14,7 +14,7 @@ computed once per batch (and, in exact mode, the samples are kept once) and hand
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.serialization
@@ -225,21 +225,10 @@ class Evaluator:
         ``stage`` may be left out when only one stage holds metrics.
         """
         index = self._stage_index(stage)
-        metrics, plan = self._stages[index], self._plan[index]
-        updated: list[Metric] = []
-        for metric, leader in zip(metrics, plan):
-            if leader == len(updated):
-                updated.append(metric.update_from(batch))
-            else:
-                source = updated[leader]
-                updated.append(
-                    metric._replace(
-                        state=source.state,
-                        num_updates=source.num_updates,
-                        num_invalid=source.num_invalid,
-                    )
-                )
-        return self._with(self._replace_stage(index, tuple(updated)))
+        updated = _apply_shared(
+            self._stages[index], self._plan[index], lambda m: m.update_from(batch)
+        )
+        return self._with(self._replace_stage(index, updated))
 
     def merge(self, other: Evaluator) -> Evaluator:
         """The evaluator over the data of both (every stage). Pure and jit-able."""
@@ -259,23 +248,12 @@ class Evaluator:
 
         Every device gets the result. States shared between metrics are reduced once.
         """
-        stages = []
-        for metrics, plan in zip(self._stages, self._plan):
-            reduced: list[Metric] = []
-            for index, (metric, leader) in enumerate(zip(metrics, plan)):
-                if leader == index:
-                    reduced.append(metric.all_reduce(axis_name))
-                else:
-                    source = reduced[leader]
-                    reduced.append(
-                        metric._replace(
-                            state=source.state,
-                            num_updates=source.num_updates,
-                            num_invalid=source.num_invalid,
-                        )
-                    )
-            stages.append(tuple(reduced))
-        return self._with(tuple(stages))
+        return self._with(
+            tuple(
+                _apply_shared(metrics, plan, lambda m: m.all_reduce(axis_name))
+                for metrics, plan in zip(self._stages, self._plan)
+            )
+        )
 
     def reset(self, stage: str | None = None) -> Evaluator:
         """Empty metrics for ``stage`` (every stage when left out), e.g. before a new epoch."""
@@ -343,3 +321,27 @@ jax.tree_util.register_pytree_with_keys(
 flax.serialization.register_serialization_state(
     Evaluator, Evaluator._to_state_dict, Evaluator._from_state_dict
 )
+
+
+def _apply_shared(
+    metrics: tuple[Metric, ...], plan: tuple[int, ...], step: Callable[[Metric], Metric]
+) -> tuple[Metric, ...]:
+    """``step`` applied to each metric that leads its shared state; followers copy the leader's.
+
+    ``plan[i]`` is the index of the metric whose state metric ``i`` shares (itself when it leads),
+    so the shared work (a histogram update, a reduction) runs once per state.
+    """
+    done: list[Metric] = []
+    for index, (metric, leader) in enumerate(zip(metrics, plan)):
+        if leader == index:
+            done.append(step(metric))
+        else:
+            source = done[leader]
+            done.append(
+                metric._replace(
+                    state=source.state,
+                    num_updates=source.num_updates,
+                    num_invalid=source.num_invalid,
+                )
+            )
+    return tuple(done)
