@@ -14,7 +14,10 @@ anomalib to float precision; its memory grows with the pixels (~2 GB peak for 30
 Compiled programs are kept in jax's persistent cache (``~/.cache/jaxmetrics_ad/xla``), so only the
 first run on a given image size pays for compiling. Errors in the input end the run with one
 message naming the file on stderr and exit status 1 (2 for a usage error); ``--output`` is written
-whole or not at all.
+whole or not at all. A metric that the data leaves undefined (e.g. AUPIMO without enough normal
+pixels) is reported as NaN (``null`` in JSON) with a warning; a metric that fails for any other
+reason (out of memory, a bug) ends the run with status 1 and writes nothing. Ctrl-C ends it with
+status 130 and one line on stderr.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import io as text_io
 import json
+import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -41,10 +47,124 @@ PROGRAM = "jaxmetrics-ad"
 OUTPUT_SUFFIXES = (".json", ".csv")
 # How many curve points a PNG needs; exact curves have one point per distinct score.
 _PLOT_POINTS = 20_000
+# Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a program that the signal ended.
+EXIT_INTERRUPTED = 130
+_PACKAGE_FOLDER = Path(__file__).resolve().parent
+# jax logs, with a traceback, any exception raised inside a host callback before re-raising it.
+_CALLBACK_LOGGER = "jax._src.callback"
 
 
 class InputError(Exception):
     """A problem with the command's input that the user must fix (reported without a traceback)."""
+
+
+class MetricFailure(Exception):
+    """A metric failed to compute for a reason other than the data leaving it undefined."""
+
+
+def _is_interrupt(error: BaseException) -> bool:
+    """Ctrl-C, also when jax re-raised it from a host callback as a runtime error.
+
+    jax reports an exception raised inside ``jax.pure_callback`` as a ``JaxRuntimeError`` whose
+    message ends with the callback's traceback, the exception itself on the last line.
+    """
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    last_line = (str(error).strip().splitlines() or [""])[-1]
+    return isinstance(error, RuntimeError) and last_line.startswith("KeyboardInterrupt")
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether the innermost frame of ``error``'s traceback is in jaxmetrics_ad's own code."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return Path(frame.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE_FOLDER)
+
+
+def _undefined_by_data(error: BaseException) -> bool:
+    """Whether a metric's exception means "undefined on this data", so that NaN is the answer.
+
+    The metrics raise a plain ValueError or RuntimeError from their own code for that (AUPIMO with
+    no normal image, or too few normal pixels to reach its FPR bound). Anything else is a failure:
+    MemoryError, jax's runtime errors (out of device memory, an exception inside a host callback,
+    which are RuntimeError subclasses), or a ValueError raised deep in numpy by a bug.
+    """
+    chain, link = [], error
+    while link is not None and len(chain) < 32:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    return (
+        type(error) in (ValueError, RuntimeError)
+        and _raised_here(error)
+        and not any(isinstance(link, (MemoryError, KeyboardInterrupt)) for link in chain)
+    )
+
+
+def _one_line(error: BaseException) -> str:
+    r"""``error`` as one line; a traceback that jax folded into its message is cut to the exception.
+
+    >>> _one_line(RuntimeError("INTERNAL: callback error: Traceback (most recent call last):\n"
+    ...                        '  File "x.py", line 1\nMemoryError: 2 GiB'))
+    'INTERNAL: MemoryError: 2 GiB'
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    if len(lines) > 1 and "Traceback (most recent call last)" in str(error):
+        return f"{lines[0].split(':', 1)[0]}: {lines[-1]}"
+    return " ".join(lines)
+
+
+def _compute_metric(name: str, metric: Any) -> float:
+    """One metric's value: NaN with a warning when the data leaves it undefined, else it raises.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C, also when jax re-raised it as a runtime error.
+        MetricFailure: any other failure (out of memory, a bug): the run must not report a value.
+    """
+    import jax
+
+    try:
+        return float(jax.device_get(metric.compute()))
+    except Exception as error:
+        if _is_interrupt(error):
+            raise KeyboardInterrupt from error
+        if _undefined_by_data(error):
+            warnings.warn(f"{name} is NaN: {error}", UserWarning, stacklevel=2)
+            return float("nan")
+        text = _one_line(error)
+        if isinstance(error, MemoryError) or "RESOURCE_EXHAUSTED" in text:
+            text += " (out of memory)"
+        raise MetricFailure(
+            f"{name}: expected a value (or NaN where the data leaves it undefined), got "
+            f"{type(error).__name__} while computing: {text}; no results were written"
+        ) from error
+
+
+@dataclasses.dataclass(frozen=True)
+class _CheckedSuite(suite.Suite):
+    """The suite, computed so that only "undefined on this data" becomes NaN (see _compute_metric).
+
+    ``Suite.compute(on_error="warn")`` turns every ValueError and RuntimeError into NaN, and jax
+    raises a RuntimeError for an out-of-memory device or an exception (Ctrl-C included) inside a
+    host callback, so those were written out as ``null`` with exit status 0.
+    """
+
+    @classmethod
+    def of(cls, metrics: suite.Suite) -> _CheckedSuite:
+        fields = dataclasses.fields(metrics)
+        return cls(**{field.name: getattr(metrics, field.name) for field in fields})
+
+    def compute(self, on_error: str = "warn") -> dict[str, float]:
+        """``{name: value}`` of the reported metrics; ``on_error`` is ignored (see above)."""
+        return {
+            name: _compute_metric(name, metric)
+            for name, metric in self.updated_metrics().items()
+            if name in suite.SUITE_METRICS
+        }
 
 
 def _metric_names(text: str) -> list[str]:
@@ -165,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Fail before any work when the results could not be written."""
     if args.output is not None:
+        if args.output.is_dir():
+            raise InputError(
+                f"--output {args.output}: expected a .json or .csv file name, got an existing folder"
+            )
         if args.output.suffix.lower() not in OUTPUT_SUFFIXES:
             raise InputError(
                 f"--output {args.output}: expected a .json or .csv file name, "
@@ -172,6 +296,8 @@ def _check_output_paths(args: argparse.Namespace) -> None:
             )
         if not args.output.parent.is_dir():
             raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist")
+        if not os.access(args.output.parent, os.W_OK | os.X_OK):
+            raise InputError(f"--output {args.output}: folder {args.output.parent} is not writable")
     if args.plots is not None:
         try:
             import matplotlib  # noqa: F401
@@ -212,13 +338,7 @@ def _mvtec_batches(args: argparse.Namespace) -> tuple[int, Iterator[io.Batch]]:
 
 def _image_pixels(path: Path) -> int:
     """Pixels of an image, from its header (it sets the evaluation size of a normal image)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-    except OSError as error:
-        raise InputError(f"cannot read {path}: {error}") from error
+    height, width = io.image_size(path)
     return width * height
 
 
@@ -319,12 +439,29 @@ def write_atomically(path: Path, text: str) -> None:
     >>> target.read_text(), sorted(p.name for p in target.parent.iterdir())
     ('{}', ['results.json'])
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # mkstemp creates a new file of an unpredictable name (O_EXCL): nothing planted at a guessable
+    # name, such as a symlink to another file, is followed or overwritten.
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=".tmp", dir=path.parent
+    )
     try:
-        temporary.write_text(text)
+        with open(descriptor, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the mode a newly written file would have.
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _thinned(*curve: Any) -> list[np.ndarray]:
@@ -466,13 +603,23 @@ def _run(args: argparse.Namespace) -> int:
         pimo_curves=args.plots is not None,
     )
     with _progress(num_images, args.quiet) as on_batch:
-        result = suite.evaluate(metrics, batches, on_batch, on_error="warn")
+        result = suite.evaluate(_CheckedSuite.of(metrics), batches, on_batch)
     print(_report(result, args, title))
     if args.output is not None:
-        write_atomically(args.output, _results_text(result, args, args.output))
+        text = _results_text(result, args, args.output)
+        try:
+            write_atomically(args.output, text)
+        except OSError as error:
+            raise InputError(
+                f"--output {args.output}: cannot write the results: {error}"
+            ) from error
         print(f"results written to {args.output}")
     if args.plots is not None:
-        for path in write_plots(result, args.plots, args.fpr_limit):
+        try:
+            written = write_plots(result, args.plots, args.fpr_limit)
+        except OSError as error:
+            raise InputError(f"--plots {args.plots}: cannot write the plots: {error}") from error
+        for path in written:
             print(f"plot written to {path}")
     return 0
 
@@ -485,17 +632,43 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``jaxmetrics-ad`` with ``argv`` (default: the process arguments); returns the exit code.
 
-    0 on success, 1 when the input cannot be evaluated (the message on stderr names the file),
-    2 on a usage error.
+    0 on success; 1 when the input cannot be evaluated (the message on stderr names the file) or a
+    metric failed for a reason other than the data (out of memory, ...); 2 on a usage error; 130
+    (:data:`EXIT_INTERRUPTED`) after Ctrl-C. Nothing is written to ``--output`` unless it is 0.
 
     >>> main(["evaluate", "--npz", "no/such/file.npz"])
     1
     """
     args = build_parser().parse_args(argv)
+    callback_logger = logging.getLogger(_CALLBACK_LOGGER)
+    callback_logger.addFilter(_without_interrupt_tracebacks)
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
             return _run(args)
-    except (InputError, FileNotFoundError, ValueError, ImportError, RuntimeError) as error:
-        print(f"{PROGRAM}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"{PROGRAM}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except MemoryError as error:
+        print(f"{PROGRAM}: error: out of memory ({_one_line(error)})", file=sys.stderr)
         return 1
+    except (
+        InputError,
+        MetricFailure,
+        FileNotFoundError,
+        ValueError,
+        ImportError,
+        RuntimeError,
+    ) as error:
+        if _is_interrupt(error):
+            print(f"{PROGRAM}: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        print(f"{PROGRAM}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    finally:
+        callback_logger.removeFilter(_without_interrupt_tracebacks)
+
+
+def _without_interrupt_tracebacks(record: logging.LogRecord) -> bool:
+    """Logging filter: drop jax's traceback of a Ctrl-C inside a host callback (one line is said)."""
+    return not (record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt))

@@ -19,12 +19,13 @@ work without it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -117,10 +118,32 @@ def _require_pillow(path: Path):
     return Image
 
 
+class _FileNamedError(ValueError):
+    """A ValueError whose message already names the file (not wrapped in "cannot read ...")."""
+
+
+@contextlib.contextmanager
+def _open_image(path: Path) -> Iterator[Any]:
+    """``PIL.Image.open(path)``, with Pillow's decompression-bomb check reported as a ValueError.
+
+    Pillow refuses, from the header alone, images of more than twice ``PIL.Image.MAX_IMAGE_PIXELS``
+    pixels with its own exception class, which is neither an OSError nor a ValueError.
+    """
+    image_module = _require_pillow(path)
+    try:
+        image = image_module.open(path)
+    except image_module.DecompressionBombError as error:
+        raise _FileNamedError(
+            f"{path}: expected an image within Pillow's decompression-bomb limit "
+            f"(PIL.Image.MAX_IMAGE_PIXELS), got {error}"
+        ) from error
+    with image:
+        yield image
+
+
 def _read_image(path: Path) -> tuple[np.ndarray, float | None]:
     """Decode a single-channel image: its samples and, for integer samples, their full scale."""
-    image_module = _require_pillow(path)
-    with image_module.open(path) as image:
+    with _open_image(path) as image:
         image.load()
         mode, file_format = image.mode, image.format
         pixels = np.asarray(image)
@@ -156,6 +179,8 @@ def _read_array(path: Path) -> tuple[np.ndarray, float | None]:
             arrays = list(_read_npz(path).values())
         else:
             array, full_scale = _read_image(path)
+    except _FileNamedError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"cannot read {path}: {error}") from error
     if suffix == ".npz":
@@ -180,18 +205,78 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         return {key: loaded[key] for key in loaded.files}
 
 
+def _example(array: np.ndarray, bad: np.ndarray) -> str:
+    """The first value of ``array`` where ``bad`` holds, and its index, for an error message."""
+    index = tuple(int(i) for i in np.argwhere(bad)[0])
+    where = f" at index {index[0] if len(index) == 1 else index}" if index else ""
+    return f"{array[index].item()!r}{where}"
+
+
+def _check_numeric(array: np.ndarray, where: str, what: str) -> None:
+    # bool, signed and unsigned integers, floats; not complex, strings, dates or objects
+    if array.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{where}: expected {what} of a bool, integer or float dtype, got dtype {array.dtype}"
+        )
+
+
 def _binary_mask(array: np.ndarray, where: str) -> np.ndarray:
-    """Ground truth as bool, accepting bool, 0/255 (MVTec AD) or 0/1 values."""
+    """Ground truth as bool, accepting bool, 0/255 (MVTec AD) or 0/1 values.
+
+    The values are checked as stored, before any conversion, so that a soft mask (0.5) or an
+    integer too large for a smaller type (2**32 + 1) is rejected rather than rounded or wrapped.
+    """
+    array = np.asarray(array)
     if array.dtype == bool:
         return array
+    _check_numeric(array, where, "a mask")
     background = array == 0
-    if not ((background | (array == 255)).all() or (background | (array == 1)).all()):
-        found = np.unique(array)
+    ones, full_scale = array == 1, array == 255
+    if (background | full_scale).all() or (background | ones).all():
+        return ~background
+    expected = "a mask that is bool or holds only 0 and 255 (or only 0 and 1)"
+    found = np.unique(array)
+    listed = f"values found: {found[:6].tolist()}{' ...' if found.size > 6 else ''}"
+    other = ~(background | ones | full_scale)
+    if other.any():
+        got = _example(array, other)
+    else:
+        got = f"both {_example(array, ones)} and {_example(array, full_scale)}"
+    raise ValueError(f"{where}: expected {expected}, got {got} ({listed})")
+
+
+def _binary_labels(values: np.ndarray, where: str) -> np.ndarray:
+    """Image labels as int32, accepting only bool or the values 0 and 1 (checked before the cast)."""
+    array = np.asarray(values)
+    _check_numeric(array, where, "labels")
+    bad = (array != 0) & (array != 1)
+    if bad.any():
         raise ValueError(
-            f"{where}: a mask must be bool or hold only 0 and 255 (or 0 and 1), found values "
-            f"{found[:6].tolist()}{' ...' if found.size > 6 else ''}"
+            f"{where}: expected labels that are 0 or 1 (or bool), got {_example(array, bad)}"
         )
-    return ~background
+    return array.astype(np.int32)
+
+
+def _float_scores(values: np.ndarray, where: str) -> np.ndarray:
+    """Scores as float32, rejecting NaN, infinities and values float32 cannot hold."""
+    array = np.asarray(values)
+    _check_numeric(array, where, "scores")
+    if array.dtype.kind == "f":
+        not_finite = ~np.isfinite(array)
+        if not_finite.any():
+            raise ValueError(
+                f"{where}: expected finite scores (no NaN or infinity), got "
+                f"{_example(array, not_finite)}"
+            )
+    with np.errstate(over="ignore"):  # reported below, naming the file
+        scores = array.astype(np.float32)
+    overflowed = ~np.isfinite(scores)
+    if overflowed.any():
+        raise ValueError(
+            f"{where}: expected scores within the float32 range (|score| < 3.4e38), "
+            f"got {_example(array, overflowed)}"
+        )
+    return scores
 
 
 def load_map(path: str | Path) -> np.ndarray:
@@ -213,13 +298,9 @@ def load_map(path: str | Path) -> np.ndarray:
     """
     path = Path(path)
     array, full_scale = _read_array(path)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise ValueError(f"{path}: expected numeric anomaly scores, got dtype {array.dtype}")
-    anomaly_map = array.astype(np.float32)
+    anomaly_map = _float_scores(array, str(path))
     if full_scale is not None:
         anomaly_map /= full_scale
-    if not np.isfinite(anomaly_map).all():
-        raise ValueError(f"{path}: the anomaly map holds NaN or infinite scores")
     return anomaly_map
 
 
@@ -250,11 +331,14 @@ def load_npz_dataset(path: str | Path) -> ArrayDataset:
 
     Required arrays: ``anomaly_maps`` (N, H, W) and ``gt_masks`` (N, H, W). Optional: ``gt_labels``
     (N,) — defaults to whether a mask has any defect pixel — and ``pred_scores`` (N,) — defaults to
-    the map maximum. Masks must be bool or hold only 0/1 or 0/255.
+    the map maximum. Masks must be bool or hold only 0/1 or 0/255, labels bool or 0/1, scores finite.
+    Values are checked as stored, before any conversion: a soft label 0.9 is rejected, not cast to
+    0, and an int64 label 2**32 + 1 is rejected, not wrapped to 1.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: a required array is missing, shapes disagree, or a mask is not binary.
+        ValueError: a required array is missing or empty, shapes disagree, a mask or a label is not
+            binary, or a score is NaN or infinite; the message names the file and the array.
 
     >>> import tempfile
     >>> path = Path(tempfile.mkdtemp()) / "set.npz"
@@ -278,29 +362,45 @@ def load_npz_dataset(path: str | Path) -> ArrayDataset:
             f"{path}: missing array(s) {missing}; found {sorted(arrays)}. Expected anomaly_maps "
             "(N, H, W), gt_masks (N, H, W) and optionally pred_scores (N,), gt_labels (N,)"
         )
-    anomaly_maps = arrays["anomaly_maps"].astype(np.float32)
-    raw_masks = arrays["gt_masks"]
-    if anomaly_maps.ndim != 3:
-        raise ValueError(f"{path}: anomaly_maps must be (N, H, W), got shape {anomaly_maps.shape}")
-    if raw_masks.shape != anomaly_maps.shape:
+    raw_maps, raw_masks = arrays["anomaly_maps"], arrays["gt_masks"]
+    if raw_maps.ndim != 3:
+        raise ValueError(f"{path}: anomaly_maps must be (N, H, W), got shape {raw_maps.shape}")
+    if raw_maps.shape[0] == 0:
+        raise ValueError(
+            f"{path}: anomaly_maps: expected at least one image, got shape {raw_maps.shape}"
+        )
+    if min(raw_maps.shape[1:]) == 0:
+        raise ValueError(
+            f"{path}: anomaly_maps: expected images of at least 1x1 pixels, got shape "
+            f"{raw_maps.shape}"
+        )
+    if raw_masks.shape != raw_maps.shape:
         raise ValueError(
             f"{path}: gt_masks shape {raw_masks.shape} differs from anomaly_maps shape "
-            f"{anomaly_maps.shape}; resize the maps to the mask size before saving"
+            f"{raw_maps.shape}; resize the maps to the mask size before saving"
         )
-    gt_masks = _binary_mask(raw_masks, f"{path}: gt_masks")
-    num_images = anomaly_maps.shape[0]
-    gt_labels = arrays.get("gt_labels", gt_masks.any(axis=(1, 2)))
-    pred_scores = arrays.get("pred_scores", anomaly_maps.max(axis=(1, 2), initial=-np.inf))
-    for key, values in (("gt_labels", gt_labels), ("pred_scores", pred_scores)):
-        if np.shape(values) != (num_images,):
+    num_images = raw_maps.shape[0]
+    for key in ("gt_labels", "pred_scores"):
+        if key in arrays and arrays[key].shape != (num_images,):
             raise ValueError(
-                f"{path}: {key} must have shape ({num_images},), got {np.shape(values)}"
+                f"{path}: {key} must have shape ({num_images},), got {arrays[key].shape}"
             )
+    # Every value is checked as stored, before any cast could round (0.9 -> 0) or wrap it.
+    anomaly_maps = _float_scores(raw_maps, f"{path}: anomaly_maps")
+    gt_masks = _binary_mask(raw_masks, f"{path}: gt_masks")
+    if "gt_labels" in arrays:
+        gt_labels = _binary_labels(arrays["gt_labels"], f"{path}: gt_labels")
+    else:
+        gt_labels = gt_masks.any(axis=(1, 2)).astype(np.int32)
+    if "pred_scores" in arrays:
+        pred_scores = _float_scores(arrays["pred_scores"], f"{path}: pred_scores")
+    else:
+        pred_scores = anomaly_maps.max(axis=(1, 2))
     return ArrayDataset(
         anomaly_maps=anomaly_maps,
         gt_masks=gt_masks,
-        gt_labels=np.asarray(gt_labels).astype(np.int32),
-        pred_scores=np.asarray(pred_scores).astype(np.float32),
+        gt_labels=gt_labels,
+        pred_scores=pred_scores,
     )
 
 
@@ -437,10 +537,17 @@ def resize_maps(maps: np.ndarray, size: Sequence[int], method: str = "bilinear")
     return np.asarray(_jitted_resize(maps, (*maps.shape[:-2], *size), method))
 
 
-def _image_size(path: Path) -> tuple[int, int]:
-    image_module = _require_pillow(path)
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file, read from its header only.
+
+    Raises:
+        ValueError: the file cannot be decoded, or its header exceeds Pillow's decompression-bomb
+            limit; the message names the file.
+        ImportError: Pillow is not installed.
+    """
+    path = Path(path)
     try:
-        with image_module.open(path) as image:
+        with _open_image(path) as image:
             width, height = image.size
     except OSError as error:
         raise ValueError(f"cannot read {path}: {error}") from error
@@ -488,7 +595,7 @@ def iter_mvtec_batches(
         masks = [
             load_mask(record.mask_path)
             if record.mask_path is not None
-            else np.zeros(_image_size(record.image_path), bool)
+            else np.zeros(image_size(record.image_path), bool)
             for record in chunk
         ]
         mask_sources = [record.mask_path or record.image_path for record in chunk]

@@ -1,10 +1,17 @@
 """Tests for the jaxmetrics-ad command line: demo, evaluate (MVTec layout and .npz), bad inputs."""
 
 import json
+import os
+import stat
+import struct
 import subprocess
 import sys
+import zlib
+from io import BytesIO
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -57,7 +64,10 @@ def expected_arrays(category, small_maps):
 
 
 def run_cli(args, capsys):
-    code = cli.main([str(arg) for arg in args])
+    try:
+        code = cli.main([str(arg) for arg in args])
+    except KeyboardInterrupt:  # would end the pytest session
+        pytest.fail("KeyboardInterrupt escaped cli.main")
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -218,3 +228,225 @@ def test_unknown_output_suffix_and_unknown_metric_fail_before_any_work(tmp_path,
     assert code == 1 and "results.txt" in err
     code, _, err = run_cli(["demo", "--metrics", "pixel_AUROC,pixel_IoU", *BATCH], capsys)
     assert code == 1 and "pixel_IoU" in err
+
+
+# --- Issue 8, "no silent wrong numbers": failures end the run, nothing is written ----------------
+
+
+def npz_set(category, path: Path, **changes) -> Path:
+    arrays = {"anomaly_maps": category.anomaly_maps, "gt_masks": category.gt_masks, **changes}
+    np.savez(path, **arrays)
+    return path
+
+
+def failing_once(fail):
+    """A Metric.compute that calls ``fail()`` the first time (later calls, e.g. pytest showing the
+    metric's repr in a failure report, give NaN)."""
+    calls = []
+
+    def compute(self):
+        calls.append(self)
+        if len(calls) == 1:
+            return fail()
+        return jnp.float32(jnp.nan)
+
+    return compute
+
+
+def raise_from_a_host_callback(error_type, *args):
+    """A compute that fails as an exact one does when its host sort is interrupted or runs out of
+    memory: jax re-raises the callback's exception as a JaxRuntimeError (a RuntimeError)."""
+
+    def fail():
+        def host(value):
+            raise error_type(*args)
+
+        shape = jax.ShapeDtypeStruct((), jnp.float32)
+        return jax.jit(lambda value: jax.pure_callback(host, shape, value))(jnp.zeros(()))
+
+    return failing_once(fail)
+
+
+def raise_directly(error_type, *args):
+    def fail():
+        raise error_type(*args)
+
+    return failing_once(fail)
+
+
+def check_nothing_was_written(tmp_path, output):
+    assert not output.exists()
+    assert list(tmp_path.glob(f".{output.name}*")) == []
+
+
+@pytest.mark.parametrize(
+    ("make_compute", "error"),
+    [
+        (raise_directly, (MemoryError, "cannot allocate 2.1 GiB")),
+        (raise_directly, (ZeroDivisionError, "division by zero")),
+        (raise_directly, (ValueError, "a bug, not the data: raised outside jaxmetrics_ad")),
+        (raise_directly, (RuntimeError, "a bug, not the data: raised outside jaxmetrics_ad")),
+        (raise_from_a_host_callback, (MemoryError, "cannot allocate 2.1 GiB")),
+        (raise_from_a_host_callback, (ZeroDivisionError, "division by zero")),
+    ],
+    ids=["memory", "bug", "value-error", "runtime-error", "callback-memory", "callback-bug"],
+)
+def test_a_metric_failing_for_another_reason_than_the_data_fails_the_run_and_writes_nothing(
+    category, tmp_path, capsys, monkeypatch, make_compute, error
+):
+    npz, output = npz_set(category, tmp_path / "set.npz"), tmp_path / "results.json"
+    monkeypatch.setattr(jm.AUPR, "compute", make_compute(*error))
+    code, out, err = run_cli(
+        ["evaluate", "--npz", npz, "--exact", "--metrics", "pixel_AUROC,pixel_AUPR",
+         "--output", output, *BATCH],
+        capsys,
+    )  # fmt: skip
+    assert code == 1
+    assert err.startswith("jaxmetrics-ad: error: pixel_AUPR: ") and err.count("\n") == 1, err
+    assert "no results were written" in err
+    assert "pixel_AUROC" not in out  # no table of partial results either
+    check_nothing_was_written(tmp_path, output)
+
+
+@pytest.mark.parametrize(
+    "make_compute",
+    [raise_directly, raise_from_a_host_callback],
+    ids=["direct", "in-a-host-callback"],
+)
+def test_ctrl_c_during_a_compute_says_interrupted_exits_130_and_writes_nothing(
+    category, tmp_path, capsys, caplog, monkeypatch, make_compute
+):
+    npz, output = npz_set(category, tmp_path / "set.npz"), tmp_path / "results.json"
+    monkeypatch.setattr(jm.AUROC, "compute", make_compute(KeyboardInterrupt))
+    code, _, err = run_cli(
+        ["evaluate", "--npz", npz, "--exact", "--metrics", "pixel_AUROC", "--output", output,
+         *BATCH],
+        capsys,
+    )  # fmt: skip
+    assert code == cli.EXIT_INTERRUPTED == 130
+    assert err == "jaxmetrics-ad: interrupted\n"
+    # jax logs a traceback for an exception inside a callback: dropped for Ctrl-C
+    assert [record for record in caplog.records if record.exc_info] == []
+    check_nothing_was_written(tmp_path, output)
+
+
+def test_ctrl_c_while_reading_batches_exits_130(category, tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli.io, "iter_batches", interrupted)
+    npz, output = npz_set(category, tmp_path / "set.npz"), tmp_path / "results.json"
+    code, _, err = run_cli(["evaluate", "--npz", npz, "--output", output, *BATCH], capsys)
+    assert (code, err) == (130, "jaxmetrics-ad: interrupted\n")
+    check_nothing_was_written(tmp_path, output)
+
+
+def test_a_metric_undefined_on_the_data_is_still_null_with_a_warning(category, tmp_path, capsys):
+    normal_only = np.zeros_like(category.gt_masks)
+    npz = npz_set(category, tmp_path / "set.npz", gt_masks=normal_only)
+    output = tmp_path / "results.json"
+    code, _, err = run_cli(
+        ["evaluate", "--npz", npz, "--metrics", "pixel_AUPIMO,image_AUROC", "--output", output,
+         *BATCH],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads(output.read_text())["metrics"] == {"image_AUROC": None, "pixel_AUPIMO": None}
+    assert "pixel_AUPIMO is NaN" in err and "needs at least one anomalous image" in err
+
+
+def one_line_error(code, err, *named):
+    assert code == 1
+    assert err.startswith("jaxmetrics-ad: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for text in named:
+        assert str(text) in err, (text, err)
+
+
+def test_npz_with_zero_images_is_one_clear_error(tmp_path, capsys):
+    npz = tmp_path / "empty.npz"
+    np.savez(npz, anomaly_maps=np.zeros((0, 8, 8), np.float32), gt_masks=np.zeros((0, 8, 8), bool))
+    code, _, err = run_cli(["evaluate", "--npz", npz, *BATCH], capsys)
+    one_line_error(code, err, npz, "anomaly_maps", "at least one image", "(0, 8, 8)")
+
+
+def test_output_naming_an_existing_folder_fails_before_any_evaluation(
+    category, tmp_path, capsys, monkeypatch
+):
+    def evaluate(*args, **kwargs):
+        raise AssertionError("the run evaluated before checking --output")
+
+    monkeypatch.setattr(cli.suite, "evaluate", evaluate)
+    npz, folder = npz_set(category, tmp_path / "set.npz"), tmp_path / "results.json"
+    folder.mkdir()
+    code, out, err = run_cli(["evaluate", "--npz", npz, "--output", folder, *BATCH], capsys)
+    one_line_error(code, err, folder, "existing folder")
+    assert out == "" and folder.is_dir() and list(folder.iterdir()) == []
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny valid PNG whose header claims width × height pixels (a 'decompression bomb')."""
+    buffer = BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("which", ["mask", "normal-test-image", "first-test-image"])
+def test_png_with_a_huge_header_is_one_error_naming_the_file(mvtec_tree, tmp_path, capsys, which):
+    dataset, maps, _ = mvtec_tree
+    options = BATCH
+    if which == "mask":
+        bomb = next((dataset / "ground_truth").glob("*/*_mask.png"))
+    elif which == "normal-test-image":
+        bomb = next((dataset / "test" / "good").glob("*.png"))
+    else:  # without --batch-size the first test image's header sets the batch size
+        bomb = sorted((dataset / "test").glob("*/*.png"))[0]
+        options = ["--no-compile-cache", "--quiet"]
+    png_claiming_size(bomb, 100_000, 100_000)
+    output = tmp_path / "results.json"
+    code, _, err = run_cli(
+        ["evaluate", "--dataset", dataset, "--maps", maps, "--output", output, *options], capsys
+    )
+    one_line_error(code, err, bomb, "decompression-bomb")
+    check_nothing_was_written(tmp_path, output)
+
+
+def test_nan_in_an_npz_map_names_the_file_and_the_field(category, tmp_path, capsys):
+    maps = category.anomaly_maps.copy()
+    maps[2, 5, 7] = np.nan
+    npz = npz_set(category, tmp_path / "set.npz", anomaly_maps=maps)
+    code, _, err = run_cli(["evaluate", "--npz", npz, *BATCH], capsys)
+    one_line_error(code, err, npz, "anomaly_maps", "nan at index (2, 5, 7)")
+    assert "pred_score" not in err
+
+
+@pytest.mark.parametrize(
+    ("labels", "shown"),
+    [(np.array([0.9] * 8), "0.9"), (np.array([1] * 7 + [2**32 + 1], np.int64), "4294967297")],
+    ids=["soft", "int64-wrapping-to-1"],
+)
+def test_npz_labels_that_are_not_0_or_1_fail_the_run(category, tmp_path, capsys, labels, shown):
+    npz = npz_set(category, tmp_path / "set.npz", gt_labels=labels)
+    code, _, err = run_cli(["evaluate", "--npz", npz, *BATCH], capsys)
+    one_line_error(code, err, npz, "gt_labels", f"got {shown}")
+
+
+def test_write_atomically_does_not_follow_a_symlink_at_a_predictable_name(tmp_path):
+    target, victim = tmp_path / "results.json", tmp_path / "victim.txt"
+    victim.write_text("precious")
+    planted = tmp_path / f".{target.name}.{os.getpid()}.tmp"  # the name used before the fix
+    planted.symlink_to(victim)
+    cli.write_atomically(target, '{"a": 1}\n')
+    assert victim.read_text() == "precious"
+    assert not target.is_symlink() and target.read_text() == '{"a": 1}\n'
+    assert planted.is_symlink()  # left alone, not renamed onto the target
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask  # not mkstemp's private 0600
+    others = sorted(path.name for path in tmp_path.iterdir())
+    assert others == [planted.name, "results.json", "victim.txt"]

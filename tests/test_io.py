@@ -1,7 +1,10 @@
 """Tests for jaxmetrics_ad.io: MVTec-layout pairing, loading maps and masks, .npz sets, resizing."""
 
 import shutil
+import struct
 import sys
+import zlib
+from io import BytesIO
 from pathlib import Path
 
 import jax
@@ -120,7 +123,9 @@ def test_load_mask_accepts_0_255_0_1_and_bilevel_masks(tmp_path, foreground):
 def test_load_mask_rejects_a_non_binary_mask_naming_the_file(tmp_path):
     write_png(tmp_path / "soft_mask.png", np.array([[0, 128], [255, 0]], np.uint8))
     with pytest.raises(
-        ValueError, match=r"soft_mask\.png: a mask must be bool or hold only 0 and 255"
+        ValueError,
+        match=r"soft_mask\.png: expected a mask that is bool or holds only 0 and 255"
+        r".*, got 128 at index \(0, 1\)",
     ):
         io.load_mask(tmp_path / "soft_mask.png")
 
@@ -298,7 +303,7 @@ def test_load_npz_dataset_defaults_labels_to_mask_presence_and_scores_to_map_max
         ({"anomaly_maps": np.zeros((3, 3)), "gt_masks": np.zeros((3, 3))}, r"\(N, H, W\)"),
         (
             {"anomaly_maps": np.zeros((2, 3, 3)), "gt_masks": np.full((2, 3, 3), 0.5)},
-            r"gt_masks: a mask must be bool",
+            r"gt_masks: expected a mask that is bool.*, got 0\.5 at index \(0, 0, 0\)",
         ),
         (
             {
@@ -389,3 +394,98 @@ def test_without_pillow_numpy_formats_work_and_images_ask_for_the_extra(mvtec, m
     np.testing.assert_allclose(io.load_map(maps / "good" / "000.npy"), expected_maps["good", "000"])
     with pytest.raises(ImportError, match=r"pip install 'jaxmetrics_ad\[cli\]'"):
         io.load_map(maps / "crack" / "000.png")
+
+
+# --- Issue 8: values are checked as stored, before any cast could round or wrap them ------------
+
+
+def save_set(path: Path, num_images: int = 3, **changes) -> Path:
+    arrays = {
+        "anomaly_maps": np.linspace(0, 1, num_images * 16).reshape(num_images, 4, 4),
+        "gt_masks": np.zeros((num_images, 4, 4), bool),
+        **changes,
+    }
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"gt_labels": np.array([0.0, 0.9, 1.0])}, r"gt_labels: expected .*0 or 1.*got 0\.9 at index 1"),
+        ({"gt_labels": np.array([0, 1, 2**32 + 1], np.int64)}, r"gt_labels: .*got 4294967297 at index 2"),
+        ({"gt_labels": np.array([0, -1, 1])}, r"gt_labels: .*got -1 at index 1"),
+        ({"gt_labels": np.array([0, 1, np.nan])}, r"gt_labels: .*got nan at index 2"),
+        ({"gt_labels": np.array(["0", "1", "1"])}, r"gt_labels: expected labels of a bool, integer or float dtype, got dtype <U1"),
+        ({"gt_masks": np.full((3, 4, 4), 2**32 + 1, np.int64)}, r"gt_masks: expected a mask .*got 4294967297 at index \(0, 0, 0\)"),
+        ({"gt_masks": np.array([0, 1, 255] * 16, np.uint8).reshape(3, 4, 4)}, r"gt_masks: .*got both 1 at index \(0, 0, 1\) and 255 at index \(0, 0, 2\)"),
+        ({"gt_masks": np.full((3, 4, 4), 0.9)}, r"gt_masks: .*got 0\.9 at index \(0, 0, 0\)"),
+        ({"anomaly_maps": np.where(np.eye(4) > 0, np.nan, 0.0)[None].repeat(3, 0)}, r"anomaly_maps: expected finite scores .*got nan at index \(0, 0, 0\)"),
+        ({"anomaly_maps": np.full((3, 4, 4), 1e39)}, r"anomaly_maps: expected scores within the float32 range.*got 1e\+39"),
+        ({"anomaly_maps": np.zeros((3, 4, 4), np.complex64)}, r"anomaly_maps: expected scores of a bool, integer or float dtype, got dtype complex64"),
+        ({"pred_scores": np.array([0.1, np.inf, 0.3])}, r"pred_scores: expected finite scores .*got inf at index 1"),
+        ({"anomaly_maps": np.zeros((0, 4, 4)), "gt_masks": np.zeros((0, 4, 4))}, r"anomaly_maps: expected at least one image, got shape \(0, 4, 4\)"),
+        ({"anomaly_maps": np.zeros((3, 0, 4)), "gt_masks": np.zeros((3, 0, 4))}, r"anomaly_maps: expected images of at least 1x1 pixels"),
+    ],
+    ids=["soft-label", "int64-label", "negative-label", "nan-label", "string-labels", "int64-mask",
+         "mixed-1-and-255-mask", "soft-mask", "nan-map", "float32-overflow", "complex-map",
+         "inf-score", "no-images", "no-pixels"],
+)  # fmt: skip
+def test_load_npz_dataset_rejects_bad_values_naming_file_field_and_value(
+    tmp_path, changes, message
+):
+    path = save_set(tmp_path / "bad.npz", **changes)
+    with pytest.raises(ValueError, match=rf"bad\.npz: {message}"):
+        io.load_npz_dataset(path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "masks"),
+    [
+        (np.array([False, True, True]), np.array([0, 1], bool)),
+        (np.array([0.0, 1.0, 1.0]), np.array([0, 255], np.uint8)),
+        (np.array([0, 1, 1], np.int64), np.array([0, 1], np.int64)),
+        (np.array([0, 1, 1], np.uint8), np.array([0.0, 1.0])),
+    ],
+    ids=["bool", "float-0-1-and-uint8-0-255", "int64-0-1", "uint8-and-float-masks"],
+)
+def test_load_npz_dataset_keeps_accepting_binary_labels_and_masks(tmp_path, labels, masks):
+    gt_masks = np.zeros((3, 4, 4), bool)
+    gt_masks[1:, 1, 1] = True
+    stored = np.where(gt_masks, masks[1], masks[0]).astype(masks.dtype)
+    data = io.load_npz_dataset(save_set(tmp_path / "set.npz", gt_labels=labels, gt_masks=stored))
+    np.testing.assert_array_equal(data.gt_labels, [0, 1, 1])
+    np.testing.assert_array_equal(data.gt_masks, gt_masks)
+    assert data.gt_labels.dtype == np.int32 and data.gt_masks.dtype == bool
+
+
+def png_claiming_size(path: Path, width: int, height: int) -> Path:
+    """A tiny valid PNG whose header claims width × height pixels (a 'decompression bomb')."""
+    buffer = BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("reader", ["load_map", "load_mask", "image_size"])
+def test_png_with_a_huge_header_is_a_value_error_naming_the_file(tmp_path, reader):
+    bomb = png_claiming_size(tmp_path / "bomb.png", 100_000, 100_000)
+    with pytest.raises(ValueError, match=r"bomb\.png: expected an image within Pillow's decompres"):
+        getattr(io, reader)(bomb)
+
+
+def test_image_size_reads_the_header(mvtec):
+    dataset, _, _, _ = mvtec
+    assert io.image_size(dataset / "test" / "good" / "000.png") == IMAGE_SIZE
+
+
+def test_load_map_names_a_float32_overflow_and_rejects_complex_scores(tmp_path):
+    np.save(tmp_path / "huge.npy", np.array([[0.0, 1e39]]))
+    with pytest.raises(ValueError, match=r"huge\.npy: expected scores within the float32 range"):
+        io.load_map(tmp_path / "huge.npy")
+    np.save(tmp_path / "complex.npy", np.zeros((2, 2), np.complex128))
+    with pytest.raises(ValueError, match=r"complex\.npy: expected scores of a bool, integer or"):
+        io.load_map(tmp_path / "complex.npy")
