@@ -185,15 +185,18 @@ def _label_runs(
         candidate = ends_before_word[word] + _count_bits_below(
             flat_ends[word], from_column % _WORD_BITS
         )
-        candidate = jnp.minimum(candidate, capacity - 1)
+        # ``candidate == total_runs`` means "no run ends there or later": it must fail the test
+        # itself, not through a clipped index that names the batch's last run instead.
+        exists = candidate < total_runs
+        index = jnp.clip(candidate, 0, capacity - 1)
         touches = (
             is_run
             & row_exists
-            & (candidate < total_runs)
-            & (row[candidate] == neighbour_row)
-            & (first_column[candidate] <= last_column + 1)
+            & exists
+            & (row[index] == neighbour_row)
+            & (first_column[index] <= last_column + 1)
         )
-        return jnp.where(touches, candidate, run_index)
+        return jnp.where(touches, index, run_index)
 
     row_in_image = row % height
     above = leftmost_touching_run(row - 1, row_in_image > 0)
