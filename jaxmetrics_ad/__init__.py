@@ -21,6 +21,7 @@ from jaxmetrics_ad.classification import (
 from jaxmetrics_ad.evaluator import Evaluator
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
+from jaxmetrics_ad.presorting import PBn, PGn
 from jaxmetrics_ad.pro import AUPRO, PRO
 from jaxmetrics_ad.statistics import AnomalyScoreDistribution, ManualThreshold, MinMax
 
@@ -42,6 +43,8 @@ __all__ = [
     "ManualThreshold",
     "Metric",
     "MinMax",
+    "PBn",
+    "PGn",
     "PIMOResult",
     "ScoreCurveMetric",
     "ScoreHistogram",
