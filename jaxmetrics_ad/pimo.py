@@ -13,22 +13,29 @@ its ground-truth mask is empty, *anomalous* otherwise; a pixel is positive when 
 
 Errors and warnings follow anomalib: no normal or no anomalous image, or a bound outside the shared
 FPR range → ValueError; both bounds met at one threshold, or at most 30 points in the integration
-range without ``force=True`` → RuntimeError; a bound met more than 1% off, non-finite ln(FPR) points
-dropped, or fewer than 300 points → warning. (anomalib's ``AUPIMOResult.image_classes`` is inverted;
-ours is not.)
+range without ``force=True`` → RuntimeError (with it, a RuntimeWarning); a bound met more than 1%
+off, non-finite ln(FPR) points dropped, or fewer than 300 points → UserWarning. Masks must be bool
+or integer 0/1 (float masks → TypeError, as in anomalib); maps and masks may carry a singleton
+channel axis, (N, 1, H, W). ``AUPIMOResult.num_thresholds`` is, as in anomalib, the number of
+points integrated, not the curve's. (anomalib's ``AUPIMOResult.image_classes`` is inverted; ours
+is not.)
 
-**Exact mode** (``num_bins=None``, the default; eager only). Reproduces anomalib to ~1e-7 per image
-while keeping far less than every pixel. Per anomalous image it keeps the scores of its mask pixels;
-per normal image its minimum, its pixel count and its ``floor(tail_fraction · pixels) + 1`` highest
-scores. That is enough wherever the shared FPR is at most ``U``, as long as no normal image has more
-than ``tail_fraction`` of its pixels above the threshold where the shared FPR meets ``U``: since the
-shared FPR is a mean, any image's FPR there is at most ``#normal images × U``, so AUPIMO's default
-``tail_fraction=0.05`` covers up to 500 normal images at the default bounds whatever the maps, and far
-more on real ones (on 100 synthetic normal images the largest such FPR was 0.0022). ``compute`` finds
-the lowest threshold that every kept tail covers; AUPIMO raises ValueError when its integration range
-reaches below it (never a silently wrong number), and PIMO curves are NaN there. PIMO keeps whole
-normal images by default (``tail_fraction=1.0``). Compute runs on the host with numpy in float64
-(``np.sort`` + ``np.searchsorted``: O(pixels · log) time, never a thresholds × pixels array).
+**Exact mode** (``num_bins=None``, the default; eager only). Reproduces anomalib to ~1e-7 per image.
+Per anomalous image it keeps the scores of its mask pixels; of the normal images, their minimum and
+one pooled upper tail of their pixels. The shared FPR is a mean of per-image FPRs, i.e. a sum over
+normal pixels scoring ``>= t`` of ``1 / (pixels of the image × normal images)``, so the pooled tail
+gives it exactly at every threshold above the highest score let go, whatever the number of images.
+What is kept follows from what the result needs: PIMO and ``AUPIMO(return_average=False)`` return
+the whole curve and keep every normal pixel; the mean AUPIMO needs the curve only where the shared
+FPR is at most the upper bound ``U``, so once more than :data:`EXACT_KEEP_ALL_PIXELS` normal pixels
+are held, it lets go of the lowest ones while the rest still carry a shared FPR of
+``min(1, TAIL_MARGIN · U)`` over the images seen (ten times what is needed, so that normal images
+arriving later with lower scores, which dilute it, are covered; at ``U = 1`` nothing is let go).
+That keeps about ``TAIL_MARGIN · U`` of the normal pixels (0.1% at the default bounds). Should later
+images still dilute the kept tail below ``U`` (ten times as many normal images as before, scoring
+far lower), ``compute`` raises ValueError rather than return a wrong number. Compute runs on the
+host with numpy in float64 (``np.sort`` + ``np.searchsorted``: O(pixels · log) time, never a
+thresholds × pixels array).
 
 **Streaming mode** (``num_bins=B``): fixed-size state, jit/scan-able, merged exactly by ``merge``
 and ``all_reduce`` (``pmin``/``pmax`` + ``psum``; image order: this state's, then the other's, or
@@ -74,6 +81,10 @@ DEFAULT_TAIL_SIZE = 32768
 """Streaming mode: how many of the highest normal scores are kept exactly (128 KiB)."""
 # anomalib warns when the shared FPR met at a bound is off from it by more than this (relative).
 BOUND_RTOL = 1e-2
+EXACT_KEEP_ALL_PIXELS = 1 << 22
+"""Exact mean AUPIMO: normal pixels held (16 MiB) before the lowest are let go (see the module)."""
+TAIL_MARGIN = 10.0
+"""Exact mean AUPIMO: the kept normal tail carries this many times the upper FPR bound."""
 
 
 class PIMOResult(struct.PyTreeNode):
@@ -103,18 +114,20 @@ class AUPIMOResult(struct.PyTreeNode):
     """AUPIMO scores, field for field as anomalib's ``AUPIMOResult``; NaN for normal images.
 
     ``thresh_lower_bound`` / ``thresh_upper_bound`` are the thresholds where the upper / lower FPR
-    bound was met (a low FPR needs a high threshold).
+    bound was met (a low FPR needs a high threshold). ``num_thresholds`` is, as in anomalib, the
+    number of curve points integrated (inside the bounds, finite ln(shared FPR)), not the number of
+    thresholds of the curve; an int, or an int32 array when computed inside jit.
 
     Example:
         >>> import jax.numpy as jnp
-        >>> r = AUPIMOResult(1e-5, 1e-4, 300_000, 0.5, 0.9, jnp.array([jnp.nan, 0.25]))
+        >>> r = AUPIMOResult(1e-5, 1e-4, 3000, 0.5, 0.9, jnp.array([jnp.nan, 0.25]))
         >>> r.image_classes.tolist(), r.fpr_bounds
         ([0, 1], (1e-05, 0.0001))
     """
 
     fpr_lower_bound: float = struct.field(pytree_node=False)
     fpr_upper_bound: float = struct.field(pytree_node=False)
-    num_thresholds: int = struct.field(pytree_node=False)
+    num_thresholds: int | jax.Array  # points integrated: traced inside jit
     thresh_lower_bound: jax.Array
     thresh_upper_bound: jax.Array
     aupimos: jax.Array
@@ -193,9 +206,10 @@ def _integration_range(
     if first == len(shared_fpr) or (first > 0 and shared_fpr[first] < upper_fpr):
         reached = shared_fpr[first] if first < len(shared_fpr) else 0.0
         raise ValueError(
-            f"{name}: the kept score tails of the normal images reach a shared FPR of only "
-            f"{reached:.3g}, below the upper FPR bound {upper_fpr}; pass a larger tail_fraction "
-            "(num_normal_images * upper bound always suffices for maps without large ties)"
+            f"{name}: the kept upper tail of the normal pixels reaches a shared FPR of only "
+            f"{reached:.3g}, below the upper FPR bound {upper_fpr}: normal images added late scored "
+            "far lower than the early ones, which the tail let go of; update in shuffled order, or "
+            "use return_average=False (keeps every normal pixel)"
         )
     # A low FPR bound is met at a high threshold: the bounds swap when mapped to thresholds.
     high_index = _nearest_index(shared_fpr, lower_fpr, first)
@@ -230,7 +244,7 @@ def _integration_range(
         )
         if not force:
             raise RuntimeError(message + " or pass force=True")
-        warnings.warn(message + "; computation was forced", UserWarning, stacklevel=4)
+        warnings.warn(message + "; computation was forced", RuntimeWarning, stacklevel=4)
     if num_points < RECOMMENDED_INTEGRATION_POINTS:
         warnings.warn(
             f"{name}: AUPIMO may be inaccurate with only {num_points} points in the FPR "
@@ -255,67 +269,123 @@ def _areas(tprs: np.ndarray, shared_fpr: np.ndarray, integration) -> np.ndarray:
 class _TailBatch(NamedTuple):
     """What exact mode keeps of one batch (numpy arrays, host memory)."""
 
-    normal_tails: np.ndarray  # (normal images, k) float32: each image's k highest scores
-    normal_minima: np.ndarray  # (normal images,) float32
+    normal_scores: np.ndarray  # (kept,) float32: the batch's kept normal pixels, pooled
+    num_normal: np.ndarray  # () int64: normal images in the batch
+    normal_min: np.ndarray  # () float32: their lowest score (inf without a normal image)
     anomalous_scores: np.ndarray  # (mask pixels,) float32, image after image
     anomalous_sizes: np.ndarray  # (anomalous images,) int64: mask size of each
     is_anomalous: np.ndarray  # (images,) bool, in input order
     num_pixels: np.ndarray  # () int64: pixels per image in this batch
 
 
+def _host_mask(masks: Any) -> np.ndarray:
+    """A numpy bool mask, ``True`` where non-zero (a bool byte of 0xFF, as Pillow gives, is True)."""
+    masks = np.asarray(masks)
+    if masks.dtype == np.bool_:
+        return masks.view(np.uint8) != 0
+    return masks != 0
+
+
+def _mask_labels(masks: jax.Array) -> jax.Array:
+    """Mask values as stored, but bool masks as 0/1 whatever their True byte (jit-safe)."""
+    if masks.dtype == jnp.bool_:
+        # Comparisons with 1 see the raw byte (0xFF from Pillow is not 1), and XLA folds a
+        # comparison with False away; reading the byte does neither.
+        return (masks.view(jnp.uint8) != 0).astype(jnp.int32)
+    return masks
+
+
 class ExactTails(struct.PyTreeNode):
-    """Exact-mode state: per batch, normal images' top scores and anomalous images' mask scores.
+    """Exact-mode state: the normal pixels' pooled upper tail and anomalous images' mask scores.
 
     Host numpy arrays, one :class:`_TailBatch` per update (the state grows, so it is used eagerly).
+    ``keep_fpr`` is the shared FPR (over the normal images seen) that the kept normal pixels must
+    carry once more than :data:`EXACT_KEEP_ALL_PIXELS` are held; 1.0 keeps every normal pixel.
+    ``let_go_max`` is the highest normal score let go: the shared FPR is exact above it.
 
     Example:
         >>> import numpy as np
         >>> maps = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
         >>> masks = np.array([[[0, 0], [0, 0]], [[0, 1], [0, 0]]])
-        >>> state = ExactTails.empty(tail_fraction=0.5).add(maps, masks)
-        >>> state.batches[0].normal_tails.tolist(), state.batches[0].anomalous_scores.tolist()
-        ([[1.0, 2.0, 3.0]], [5.0])
+        >>> state = ExactTails.empty(keep_fpr=1.0).add(maps, masks)
+        >>> state.batches[0].normal_scores.tolist(), state.batches[0].anomalous_scores.tolist()
+        ([0.0, 1.0, 2.0, 3.0], [5.0])
+        >>> state.shared_fpr(np.array([0.5, 2.0, 3.5])).tolist()
+        [0.75, 0.5, 0.0]
     """
 
     batches: tuple[_TailBatch, ...]
-    tail_fraction: float = struct.field(pytree_node=False, default=1.0)
+    let_go_max: np.ndarray  # () float64, -inf while nothing was let go
+    keep_fpr: float = struct.field(pytree_node=False, default=1.0)
     grows: ClassVar[bool] = True  # shapes change with every update: never jit it
 
     @classmethod
-    def empty(cls, tail_fraction: float) -> ExactTails:
+    def empty(cls, keep_fpr: float) -> ExactTails:
         """A state holding no image."""
-        return cls(batches=(), tail_fraction=tail_fraction)
+        return cls(batches=(), let_go_max=np.asarray(-np.inf), keep_fpr=keep_fpr)
 
     def add(self, maps: Any, masks: Any) -> ExactTails:
         """Keeps what exact compute needs of a batch of maps (N, H, W) and binary masks (N, H, W)."""
         maps = np.asarray(maps, dtype=np.float32)
-        masks = np.asarray(masks) != 0
+        masks = _host_mask(masks)
         num_images = maps.shape[0]
         num_pixels = int(np.prod(maps.shape[1:]))
         flat_maps = maps.reshape(num_images, num_pixels)
         flat_masks = masks.reshape(num_images, num_pixels)
         is_anomalous = flat_masks.any(axis=1)
-        normal_maps = flat_maps[~is_anomalous]
-        # One more than tail_fraction·pixels, so that an image whose FPR is at most tail_fraction
-        # at a threshold is never mistaken for one that fills its whole tail there.
-        kept = min(num_pixels, math.floor(self.tail_fraction * num_pixels) + 1)
-        if kept < num_pixels:
-            tails = np.partition(normal_maps, num_pixels - kept, axis=1)[:, num_pixels - kept :]
-        else:
-            tails = normal_maps.copy()
+        normal = flat_maps[~is_anomalous].ravel()
         batch = _TailBatch(
-            normal_tails=np.sort(tails, axis=1),
-            normal_minima=normal_maps.min(axis=1, initial=np.inf),
+            # Scores at or below one already let go never count where the shared FPR is known.
+            normal_scores=normal[normal > self.let_go_max],
+            num_normal=np.asarray(num_images - int(is_anomalous.sum()), np.int64),
+            normal_min=np.asarray(normal.min(initial=np.inf), np.float32),
             anomalous_scores=flat_maps[is_anomalous][flat_masks[is_anomalous]],
             anomalous_sizes=flat_masks[is_anomalous].sum(axis=1),
             is_anomalous=is_anomalous,
             num_pixels=np.asarray(num_pixels, np.int64),
         )
-        return self.replace(batches=(*self.batches, batch))
+        state = self.replace(batches=(*self.batches, batch))
+        if self.keep_fpr < 1.0 and state.num_kept() > EXACT_KEEP_ALL_PIXELS:
+            state = state.trimmed()
+        return state
+
+    def trimmed(self) -> ExactTails:
+        """The state without the lowest normal pixels, keeping a shared FPR of ``keep_fpr``.
+
+        Each normal pixel adds ``1 / (its image's pixels)`` to the sum of the normal images' FPRs
+        at every threshold it clears; the highest pixels are kept until that sum reaches
+        ``keep_fpr`` times the number of normal images (ties with the last one included).
+        """
+        scores = np.concatenate([b.normal_scores for b in self.batches])
+        weights = np.concatenate(
+            [np.full(b.normal_scores.size, 1.0 / int(b.num_pixels)) for b in self.batches]
+        )
+        needed = self.keep_fpr * self.num_normal()
+        # The tail holds at most this many pixels (each weighs at least 1 / the largest image):
+        # select them in linear time, sort only those.
+        largest = max(int(b.num_pixels) for b in self.batches)
+        count = min(scores.size, math.ceil(needed * largest) + 1)
+        top = np.argpartition(scores, scores.size - count)[scores.size - count :]
+        descending = top[np.argsort(scores[top], kind="stable")[::-1]]
+        carried = np.cumsum(weights[descending])
+        last = int(np.searchsorted(carried, needed, side="left"))
+        if last >= descending.size:
+            return self
+        cutoff = scores[descending[last]]
+        let_go = scores[scores < cutoff]
+        if not let_go.size:
+            return self
+        batches = tuple(
+            b._replace(normal_scores=b.normal_scores[b.normal_scores >= cutoff])
+            for b in self.batches
+        )
+        let_go_max = max(float(self.let_go_max), float(let_go.max()))
+        return self.replace(batches=batches, let_go_max=np.asarray(let_go_max))
 
     def merge(self, other: ExactTails) -> ExactTails:
         """The batches of both, this state's images first."""
-        return self.replace(batches=self.batches + other.batches)
+        let_go_max = np.maximum(self.let_go_max, other.let_go_max)
+        return self.replace(batches=self.batches + other.batches, let_go_max=let_go_max)
 
     def all_reduce(self, axis_name: str) -> ExactTails:
         """Not available: exact mode keeps host arrays of data-dependent size."""
@@ -323,6 +393,14 @@ class ExactTails(struct.PyTreeNode):
             "exact PIMO/AUPIMO keeps host arrays of data-dependent size and cannot all_reduce "
             f"over {axis_name!r}; merge() per-device metrics on the host, or use num_bins=<int>"
         )
+
+    def num_normal(self) -> int:
+        """Normal images seen."""
+        return sum(int(b.num_normal) for b in self.batches)
+
+    def num_kept(self) -> int:
+        """Normal pixels held."""
+        return sum(b.normal_scores.size for b in self.batches)
 
     def image_classes(self) -> np.ndarray:
         """(images,) 1 for anomalous, 0 for normal, in input order."""
@@ -332,31 +410,25 @@ class ExactTails(struct.PyTreeNode):
 
     def thresholds(self, num_thresholds: int) -> np.ndarray:
         """anomalib's grid between the normal images' min and max (ValueError if constant)."""
-        lowest = min(float(b.normal_minima.min(initial=np.inf)) for b in self.batches)
-        highest = max(float(b.normal_tails.max(initial=-np.inf)) for b in self.batches)
+        lowest = min(float(b.normal_min) for b in self.batches)
+        highest = max(float(b.normal_scores.max(initial=-np.inf)) for b in self.batches)
         if not lowest < highest:
             raise ValueError("maps of the normal images are constant: no threshold range")
         return anomalib_thresholds(lowest, highest, num_thresholds)
 
     def shared_fpr(self, thresholds: np.ndarray) -> np.ndarray:
-        """float64 shared FPR at each threshold; NaN at thresholds a truncated tail cannot reach."""
-        tails_by_size: dict[int, list[np.ndarray]] = {}
-        lowest_reach = -np.inf
+        """float64 shared FPR at each threshold; NaN at or below the highest score let go."""
+        scores_by_size: dict[int, list[np.ndarray]] = {}
         for batch in self.batches:
-            if batch.normal_tails.size == 0:
-                continue
-            tails_by_size.setdefault(int(batch.num_pixels), []).append(batch.normal_tails.ravel())
-            if batch.normal_tails.shape[1] < batch.num_pixels:
-                # A truncated tail counts exactly only above its lowest kept score.
-                lowest_reach = max(lowest_reach, float(batch.normal_tails[:, 0].max()))
+            scores_by_size.setdefault(int(batch.num_pixels), []).append(batch.normal_scores)
         # Images of one size share a sort: their summed counts divided by the size.
         fpr_sum = np.zeros(len(thresholds))
-        for num_pixels, tails in tails_by_size.items():
-            scores = np.sort(np.concatenate(tails))
+        for num_pixels, scores in scores_by_size.items():
+            scores = np.sort(np.concatenate(scores))
             at_or_above = len(scores) - np.searchsorted(scores, thresholds, side="left")
             fpr_sum += at_or_above / num_pixels
-        shared_fpr = fpr_sum / sum(b.normal_tails.shape[0] for b in self.batches)
-        shared_fpr[thresholds <= lowest_reach] = np.nan
+        shared_fpr = fpr_sum / self.num_normal()
+        shared_fpr[thresholds <= self.let_go_max] = np.nan
         return shared_fpr
 
     def anomalous_scores(self) -> list[np.ndarray]:
@@ -438,7 +510,7 @@ class BinnedCurves(struct.PyTreeNode):
         num_images = maps.shape[0]
         num_pixels = math.prod(maps.shape[1:])
         scores = jnp.reshape(maps, (num_images, num_pixels)).astype(jnp.float32)
-        labels = jnp.reshape(masks, (num_images, num_pixels))
+        labels = _mask_labels(jnp.reshape(masks, (num_images, num_pixels)))
         same_size = (self.num_pixels == 0) | (self.num_pixels == num_pixels)
         valid = jnp.isfinite(scores) & ((labels == 0) | (labels == 1)) & same_size
         positive = valid & (labels == 1)
@@ -694,11 +766,7 @@ def _binned_areas(
 
 
 def _checked_config(
-    num_thresholds: int,
-    num_bins: int | None,
-    capacity: int | None,
-    tail_fraction: float,
-    tail_size: int,
+    num_thresholds: int, num_bins: int | None, capacity: int | None, tail_size: int
 ) -> None:
     def is_int(value: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
@@ -711,10 +779,17 @@ def _checked_config(
         raise ValueError(f"capacity must be None or a positive int, got {capacity!r}")
     if capacity is not None and num_bins is None:
         raise ValueError("capacity applies to streaming mode only (num_bins=<int>)")
-    if not 0.0 < tail_fraction <= 1.0:
-        raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction!r}")
     if not is_int(tail_size) or tail_size < 1:
         raise ValueError(f"tail_size must be a positive int, got {tail_size!r}")
+
+
+def _image_batch(array: jax.Array, field: str) -> jax.Array:
+    """``array`` as (N, H, W), its singleton channel axis dropped; ValueError naming ``field``."""
+    if array.ndim == 4 and array.shape[1] == 1:
+        return array[:, 0]
+    if array.ndim != 3:
+        raise ValueError(f"{field}: expected shape (N, H, W) or (N, 1, H, W), got {array.shape}")
+    return array
 
 
 class _PerImageOverlapMetric(Metric):
@@ -734,11 +809,15 @@ class _PerImageOverlapMetric(Metric):
 
     def _check_inputs(self, maps: jax.Array, masks: jax.Array) -> None:
         maps_field, masks_field = self.fields
+        maps, masks = _image_batch(maps, maps_field), _image_batch(masks, masks_field)
         check_same_shape(maps, maps_field, masks, masks_field)
-        if maps.ndim != 3:
-            raise ValueError(f"{maps_field}: expected shape (N, H, W), got {maps.shape}")
         if not jnp.issubdtype(maps.dtype, jnp.floating):
             raise TypeError(f"{maps_field}: expected floating-point scores, got dtype {maps.dtype}")
+        if not (masks.dtype == jnp.bool_ or jnp.issubdtype(masks.dtype, jnp.integer)):
+            raise TypeError(
+                f"{masks_field}: expected bool or integer 0/1 masks (as anomalib), got dtype "
+                f"{masks.dtype}"
+            )
         check_finite(maps, maps_field)
         check_binary(masks, masks_field)
         if not self.is_exact and not is_traced(self.state.num_pixels):
@@ -750,6 +829,7 @@ class _PerImageOverlapMetric(Metric):
                 )
 
     def _update_state(self, maps: jax.Array, masks: jax.Array):
+        maps, masks = _image_batch(maps, self.fields[0]), _image_batch(masks, self.fields[1])
         if self.is_exact:
             if is_traced(maps, masks):
                 raise TypeError(
@@ -825,7 +905,9 @@ class _PerImageOverlapMetric(Metric):
             if isinstance(result, PIMOResult):
                 return result.replace(per_image_tprs=result.per_image_tprs[:num_images])
             if isinstance(result, AUPIMOResult):
-                return result.replace(aupimos=result.aupimos[:num_images])
+                return result.replace(
+                    aupimos=result.aupimos[:num_images], num_thresholds=int(result.num_thresholds)
+                )
             return result
 
         if isinstance(value, tuple):
@@ -844,8 +926,11 @@ class PIMO(_PerImageOverlapMetric):
         num_thresholds: K, thresholds evenly spaced between the normal images' min and max score.
         num_bins: None for exact mode; an int for streaming mode with that many bins per histogram.
         capacity: streaming mode only, required: the most images the metric will see.
-        tail_fraction: exact mode: share of each normal image's highest scores kept (1.0 keeps
-            every pixel; smaller values make ``shared_fpr`` NaN at the thresholds they cannot reach).
+        tail_fraction: exact mode: 1.0 (the default) keeps every normal pixel; a smaller value is
+            the shared FPR that the kept upper tail of the normal pixels carries once more than
+            :data:`EXACT_KEEP_ALL_PIXELS` are held (``shared_fpr`` is NaN where it does not reach).
+            It exists so that a PIMO can share the state of an ``AUPIMO`` (pass its
+            :attr:`AUPIMO.tail_fraction`); for a curve of its own, leave it.
         tail_size: streaming mode: how many of the highest normal scores are kept exactly.
 
     Example:
@@ -869,7 +954,9 @@ class PIMO(_PerImageOverlapMetric):
         prefix: str = "",
         strict: bool = True,
     ) -> None:
-        _checked_config(num_thresholds, num_bins, capacity, tail_fraction, tail_size)
+        _checked_config(num_thresholds, num_bins, capacity, tail_size)
+        if isinstance(tail_fraction, bool) or not 0.0 < tail_fraction <= 1.0:
+            raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction!r}")
         if num_bins is not None and capacity is None:
             raise ValueError("PIMO in streaming mode needs capacity=<the most images it will see>")
         super().__init__(
@@ -906,7 +993,6 @@ class AUPIMO(_PerImageOverlapMetric):
         num_bins: None for exact mode; an int for streaming mode with that many bins per histogram.
         capacity: streaming mode: the most images it will see (needed for ``return_average=False``;
             without it only the mean is kept, for any number of images).
-        tail_fraction: exact mode: share of each normal image's highest scores kept.
         tail_size: streaming mode: how many of the highest normal scores are kept exactly.
 
     Example:
@@ -927,13 +1013,12 @@ class AUPIMO(_PerImageOverlapMetric):
         *,
         num_bins: int | None = None,
         capacity: int | None = None,
-        tail_fraction: float = 0.05,
         tail_size: int = DEFAULT_TAIL_SIZE,
         fields: Sequence[str] | None = None,
         prefix: str = "",
         strict: bool = True,
     ) -> None:
-        _checked_config(num_thresholds, num_bins, capacity, tail_fraction, tail_size)
+        _checked_config(num_thresholds, num_bins, capacity, tail_size)
         bounds = tuple(float(b) for b in fpr_bounds)
         if len(bounds) != 2 or not 0.0 < bounds[0] < bounds[1] <= 1.0:
             raise ValueError(
@@ -953,9 +1038,19 @@ class AUPIMO(_PerImageOverlapMetric):
             force=bool(force),
             num_bins=num_bins,
             capacity=capacity,
-            tail_fraction=float(tail_fraction),
             tail_size=tail_size,
         )
+
+    @property
+    def tail_fraction(self) -> float:
+        """Exact mode: the shared FPR its kept normal tail carries (see the module docstring).
+
+        Derived from what the result needs: 1.0 (every normal pixel) when the whole PIMO curve is
+        returned (``return_average=False``), else ``min(1, TAIL_MARGIN · upper FPR bound)``.
+        """
+        if not self.return_average:
+            return 1.0
+        return min(1.0, TAIL_MARGIN * self.fpr_bounds[1])
 
     def _check_state(self) -> None:
         super()._check_state()
@@ -995,16 +1090,16 @@ class AUPIMO(_PerImageOverlapMetric):
         )
         return (
             PIMOResult(thresholds, shared_fpr, per_image_tprs),
-            self._aupimo_result(thresholds, integration, aupimos),
+            self._aupimo_result(thresholds, integration, aupimos, int(integration[2].sum())),
         )
 
-    def _aupimo_result(self, thresholds, integration, aupimos) -> AUPIMOResult:
+    def _aupimo_result(self, thresholds, integration, aupimos, num_points) -> AUPIMOResult:
         low_index, high_index, _ = integration
         lower, upper = self.fpr_bounds
         return AUPIMOResult(
             fpr_lower_bound=lower,
             fpr_upper_bound=upper,
-            num_thresholds=self.num_thresholds,
+            num_thresholds=num_points,
             thresh_lower_bound=thresholds[low_index],
             thresh_upper_bound=thresholds[high_index],
             aupimos=aupimos,
@@ -1022,6 +1117,10 @@ class AUPIMO(_PerImageOverlapMetric):
             aupimos = self._poison(jnp.where(usable, aupimos, jnp.nan))
             if self.return_average:
                 return jnp.nanmean(aupimos)
+            low_index, high_index, _ = integration
+            step = jnp.arange(shared_fpr.shape[0])
+            in_range = (step >= low_index) & (step <= high_index) & (shared_fpr > 0)
+            num_points = jnp.sum(in_range).astype(jnp.int32)
             pimo = self._binned_pimo()
-            return pimo, self._aupimo_result(thresholds, integration, aupimos)
+            return pimo, self._aupimo_result(thresholds, integration, aupimos, num_points)
         return self._poison(jnp.where(usable, aupimos[0], jnp.nan))

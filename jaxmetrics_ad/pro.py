@@ -15,6 +15,7 @@ Region sizes come from each batch's labels with a segment sum. Labels of ground 
 so callers may pass them precomputed: with ``region_labels=True`` the second field holds int region
 labels per image (0 = background, any positive id = one region, ids need not be consecutive but must
 lie in ``[0, H·W]``, e.g. the output of ``scipy.ndimage.label`` or ``connected_components``).
+Maps and masks may carry a singleton channel axis, (N, 1, H, W), as anomalib's batches do.
 """
 
 from __future__ import annotations
@@ -38,6 +39,21 @@ from jaxmetrics_ad.regions import connected_components
 from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shape, is_traced
 
 _BACKGROUND, _REGION = 0, 1
+
+
+def _nonzero(array: jax.Array) -> jax.Array:
+    """``array != 0``; a bool array read by its byte, so that a True stored as 0xFF (as Pillow
+    gives for 1-bit images) is True inside jit too (XLA folds ``== True`` / ``!= False`` away)."""
+    if array.dtype == jnp.bool_:
+        return array.view(jnp.uint8) != 0
+    return array != 0
+
+
+def _without_channel(array: jax.Array) -> jax.Array:
+    """(N, 1, H, W) as (N, H, W); any other shape unchanged."""
+    if array.ndim == 4 and array.shape[1] == 1:
+        return array[:, 0]
+    return array
 
 
 class Regions(NamedTuple):
@@ -68,7 +84,7 @@ def _batch_regions(target: jax.Array, region_labels: bool) -> Regions:
         invalid = jnp.zeros(target.shape, bool)
         if target.dtype != jnp.bool_:
             invalid = (target != 0) & (target != 1)
-        labels, _ = connected_components(target != 0)
+        labels, _ = connected_components(_nonzero(target))
     # Background pixels get an out-of-range id that the scatter drops and the gather fills with 0:
     # measured ~2x faster on CPU than giving the background a segment of its own.
     image_offsets = jnp.arange(num_images, dtype=jnp.int32) * pixels
@@ -90,10 +106,12 @@ def _check_image_inputs(
 ) -> None:
     """Shapes always; values when concrete (see :mod:`jaxmetrics_ad.validation`)."""
     maps_field, target_field = fields
+    maps, target = _without_channel(maps), _without_channel(target)
     for array, field in ((maps, maps_field), (target, target_field)):
         if array.ndim not in (2, 3):
             raise ValueError(
-                f"{field}: expected images of shape (N, H, W) or (H, W), got shape {array.shape}"
+                f"{field}: expected images of shape (N, H, W), (N, 1, H, W) or (H, W), got shape "
+                f"{array.shape}"
             )
     check_same_shape(maps, maps_field, target, target_field)
     if jnp.issubdtype(maps.dtype, jnp.floating):
@@ -188,10 +206,13 @@ class PRO(Metric):
             check_binary(maps, self.fields[0])
 
     def _update_state(self, maps: jax.Array, target: jax.Array):
+        maps, target = _without_channel(maps), _without_channel(target)
         regions = _batch_regions(target, self.region_labels)
         maps = jnp.reshape(maps, regions.labels.shape)
         if jnp.issubdtype(maps.dtype, jnp.floating):
             predicted, invalid = maps > self.threshold, ~jnp.isfinite(maps)
+        elif maps.dtype == jnp.bool_:
+            predicted, invalid = _nonzero(maps), jnp.zeros(maps.shape, bool)
         else:
             predicted, invalid = maps != 0, (maps != 0) & (maps != 1)
         hits = jnp.zeros(regions.segment_sizes.size, jnp.int32)
@@ -498,6 +519,7 @@ class AUPRO(Metric):
         _check_image_inputs(maps, target, self.fields, self.region_labels)
 
     def _update_state(self, maps: jax.Array, target: jax.Array):
+        maps, target = _without_channel(maps), _without_channel(target)
         scores, channels, weights, num_regions, num_invalid = _pixel_samples(
             maps, target, self.region_labels, self.is_exact
         )
@@ -530,7 +552,8 @@ class AUPRO(Metric):
 
         The full curve, not cut at ``fpr_limit`` (:func:`~jaxmetrics_ad.plotting.plot_pro` marks and
         shades the limit). Binned: one point per bin plus (0, 0), fixed length, jit-able. Exact: two
-        points per distinct background score (before and after its tie block), eager only.
+        points per distinct background score (before and after its tie block), eager only. NaN
+        when invalid samples were given inside jit, like :meth:`compute`.
 
         Example:
             >>> import numpy as np, jaxmetrics_ad as jm
@@ -540,7 +563,8 @@ class AUPRO(Metric):
             ([0.0, 0.0, 0.667, 0.667, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
         """
         if not self.is_exact:
-            return _binned_curve(self.state)
+            fpr, pro = _binned_curve(self.state)
+            return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
         if is_traced(*jax.tree_util.tree_leaves(self.state)):
             raise TypeError(
                 f"{self.name}: the exact curve has a data-dependent length; "
@@ -553,7 +577,8 @@ class AUPRO(Metric):
         pro = np.stack([blocks.pro_gt, blocks.pro_ge], axis=-1).ravel()
         fpr = np.concatenate(([0.0], fpr, [1.0]))
         pro = np.concatenate(([0.0], pro, [blocks.pro_total]))
-        return jnp.asarray(fpr, jnp.float32), jnp.asarray(pro, jnp.float32)
+        fpr, pro = jnp.asarray(fpr, jnp.float32), jnp.asarray(pro, jnp.float32)
+        return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
 
     def error_bound(self) -> jax.Array:
         """An upper bound on |binned AUPRO − exact AUPRO| (0 in exact mode), up to float32 rounding.
@@ -561,7 +586,8 @@ class AUPRO(Metric):
         Inside a bin the exact curve runs from the bin's first corner to its second and stays in
         the box they span, while the binned curve is the diagonal: a bin wholly below the limit is
         off by at most half its box, ``Δfpr·Δpro / 2``; the bin that the limit cuts by at most
-        ``(limit − fpr_before)·Δpro``. The sum is divided by the limit.
+        ``(limit − fpr_before)·Δpro``. The sum is divided by the limit. NaN when invalid samples
+        were given inside jit (the exact value is undefined then, so no bound holds).
 
         Example:
             >>> import numpy as np, jaxmetrics_ad as jm
@@ -570,8 +596,8 @@ class AUPRO(Metric):
             0.0
         """
         if self.is_exact:
-            return jnp.zeros((), jnp.float32)
-        return _binned_error_bound(self.state, self.fpr_limit)
+            return self._poison_if_invalid(jnp.zeros((), jnp.float32))
+        return self._poison_if_invalid(_binned_error_bound(self.state, self.fpr_limit))
 
     def _check_state(self) -> None:
         if self.is_exact:

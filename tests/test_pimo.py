@@ -84,7 +84,9 @@ def test_exact_aupimo_with_anomalib_defaults_matches_reference():
     expected = quietly(aupimo_reference, maps, masks)
     _, aupimo = quietly(jm.AUPIMO(return_average=False), maps, masks)
     np.testing.assert_allclose(aupimo.aupimos, expected.aupimos, atol=1e-6)
-    assert aupimo.num_thresholds == 300_000 and aupimo.fpr_bounds == (1e-5, 1e-4)
+    # As in anomalib: the number of points integrated, not the curve's 300,000 thresholds.
+    assert aupimo.num_thresholds == expected.num_points < 300_000
+    assert aupimo.fpr_bounds == (1e-5, 1e-4)
 
 
 def test_exact_pimo_matches_reference_curves():
@@ -95,14 +97,17 @@ def test_exact_pimo_matches_reference_curves():
     np.testing.assert_allclose(result.per_image_tprs, expected.per_image_tprs, atol=1e-7)
 
 
-def test_exact_keeps_only_score_tails_and_mask_pixels():
+def test_exact_mean_keeps_only_a_score_tail_and_mask_pixels(monkeypatch):
+    monkeypatch.setattr(jm.pimo, "EXACT_KEEP_ALL_PIXELS", 0)  # let go from the first update on
     maps, masks = category(0)
-    state = in_batches(jm.AUPIMO(NUM_THRESHOLDS, BOUNDS), maps, masks).state
-    kept = sum(b.normal_tails.size + b.anomalous_scores.size for b in state.batches)
+    metric = in_batches(jm.AUPIMO(NUM_THRESHOLDS, BOUNDS), maps, masks, batch_size=6)
+    kept = sum(b.normal_scores.size + b.anomalous_scores.size for b in metric.state.batches)
     assert kept < 0.05 * maps.size
+    assert abs(float(quietly(metric.compute)) - np.nanmean(reference(0).aupimos)) < 1e-6
 
 
-def test_pimo_with_short_tails_is_nan_where_they_do_not_reach():
+def test_pimo_with_short_tails_is_nan_where_they_do_not_reach(monkeypatch):
+    monkeypatch.setattr(jm.pimo, "EXACT_KEEP_ALL_PIXELS", 0)
     maps, masks = category(0)
     expected = reference(0)
     result = jm.PIMO(NUM_THRESHOLDS, tail_fraction=0.01)(maps, masks)
@@ -112,10 +117,26 @@ def test_pimo_with_short_tails_is_nan_where_they_do_not_reach():
     assert np.nanmax(expected.shared_fpr[~known]) > 1e-3
 
 
-def test_exact_aupimo_refuses_tails_too_short_for_the_bounds():
+def test_exact_mean_aupimo_refuses_a_tail_diluted_by_much_lower_later_images(monkeypatch):
+    # One bright normal image first, then many dark ones: the tail kept after the first update
+    # cannot carry the bound over all of them. Never a wrong number: a ValueError saying what to do.
+    monkeypatch.setattr(jm.pimo, "EXACT_KEEP_ALL_PIXELS", 0)
     maps, masks = category(0)
-    with pytest.raises(ValueError, match="tail_fraction"):
-        jm.AUPIMO(NUM_THRESHOLDS, (1e-2, 1e-1), tail_fraction=0.01)(maps, masks)
+    normal = np.flatnonzero(~masks.any(axis=(1, 2)))
+    bright = maps.copy()
+    bright[normal[0]] += 10.0
+    order = np.concatenate([normal[:1], np.flatnonzero(masks.any(axis=(1, 2))), normal[1:]])
+    first, rest = order[:1], order[1:]
+    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS).update(bright[first], masks[first])
+    metric = metric.update(bright[rest], masks[rest])
+    with pytest.raises(ValueError, match="return_average=False"):
+        metric.compute()
+    per_image = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, return_average=False).update(
+        bright[first], masks[first]
+    )
+    _, aupimo = quietly(per_image.update(bright[rest], masks[rest]).compute)
+    expected = quietly(aupimo_reference, bright[order], masks[order], NUM_THRESHOLDS, BOUNDS)
+    np.testing.assert_allclose(aupimo.aupimos, expected.aupimos, atol=1e-6)
 
 
 # -- the vectors of the semantics notes: three 1000×1000 images sharing one map -------------------
@@ -152,8 +173,8 @@ def test_semantics_vector_pimo_curves():
 )
 def test_semantics_vector_aupimo(bounds, expected):
     maps, masks = staircase()
-    metric = jm.AUPIMO(7, bounds, return_average=False, force=True, tail_fraction=1.0)
-    with pytest.warns(UserWarning, match="forced"):
+    metric = jm.AUPIMO(7, bounds, return_average=False, force=True)
+    with pytest.warns(RuntimeWarning, match="forced"):
         _, aupimo = metric(maps, masks)
     assert np.isnan(aupimo.aupimos[0])
     np.testing.assert_allclose(aupimo.aupimos[1:], expected, rtol=1e-5)
@@ -172,7 +193,7 @@ def test_too_few_points_raise_unless_forced_like_the_reference():
     maps, masks = category(0)
     with pytest.raises(RuntimeError, match="points"):
         jm.AUPIMO(50, BOUNDS)(maps, masks)
-    with pytest.warns(UserWarning, match="forced"):
+    with pytest.warns(RuntimeWarning, match="forced"):
         _, aupimo = jm.AUPIMO(50, BOUNDS, return_average=False, force=True)(maps, masks)
     expected = quietly(aupimo_reference, maps, masks, 50, BOUNDS, True)
     np.testing.assert_allclose(aupimo.aupimos, expected.aupimos, atol=1e-6)
@@ -231,13 +252,17 @@ def test_masks_may_be_zero_one_integers():
         {"num_thresholds": 1},
         {"capacity": 10},
         {"num_bins": 2},
-        {"tail_fraction": 0.0},
         {"num_bins": 64, "return_average": False},
     ],
 )
 def test_bad_configuration_raises(arguments):
     with pytest.raises(ValueError):
         jm.AUPIMO(**arguments)
+
+
+def test_pimo_tail_fraction_must_be_a_share():
+    with pytest.raises(ValueError, match="tail_fraction"):
+        jm.PIMO(tail_fraction=0.0)
 
 
 def test_streaming_pimo_needs_a_capacity():

@@ -304,7 +304,7 @@ def test_bad_inputs_raise_errors_naming_the_field(metric):
     with pytest.raises(ValueError, match=r"anomaly_map.*\(N, H, W\)"):
         metric.update(maps[0, 0], masks[0, 0])
     with pytest.raises(ValueError, match=r"gt_mask.*\(N, H, W\)"):
-        metric.update(maps, masks[:, None])
+        metric.update(maps, np.stack([masks, masks], axis=1))  # two channels: not squeezed
     with pytest.raises(ValueError, match="must match"):
         metric.update(maps, masks[:, :-1])
     with pytest.raises(ValueError, match=r"gt_mask.*0/1"):
