@@ -179,28 +179,57 @@ class Evaluator:
         return tuple(tuple(m.name for m in metrics) for metrics in self._stages)
 
     def _to_state_dict(self) -> dict[str, Any]:
-        return {
+        """Each stage's metric states by name, and under ``"sharing"`` which states are shared."""
+        state: dict[str, Any] = {
             stage: {m.name: flax.serialization.to_state_dict(m) for m in metrics}
             for stage, metrics in zip(STAGES, self._stages)
         }
+        state["sharing"] = {
+            stage: {m.name: metrics[leader].name for m, leader in zip(metrics, plan)}
+            for stage, metrics, plan in zip(STAGES, self._stages, self._plan)
+        }
+        return state
 
     def _from_state_dict(self, state: dict[str, Any]) -> Evaluator:
-        stages = []
+        """This evaluator holding a saved state: the same metrics (by name) sharing the same states.
+
+        ValueError when the saved evaluator shared states differently (a follower metric would
+        otherwise take its leader's data at the next update), or when a metric's state is another
+        configuration's (see :class:`~jaxmetrics_ad.Metric`). A state saved without ``"sharing"``
+        (by an older version) must hold equal states wherever this evaluator shares one.
+        """
         for stage, metrics in zip(STAGES, self._stages):
-            saved = state.get(stage, {})
-            names = [m.name for m in metrics]
+            names, saved = [m.name for m in metrics], state.get(stage, {})
             if sorted(saved) != sorted(names):
                 raise ValueError(
                     f"cannot restore the {stage} metrics {names} from a state holding "
                     f"{sorted(saved)}: build the Evaluator with the same metrics first"
                 )
-            stages.append(
-                tuple(
-                    flax.serialization.from_state_dict(m, saved[m.name], name=m.name)
-                    for m in metrics
-                )
+        sharing = state.get("sharing")
+        if sharing is not None:
+            saved_plan = tuple(
+                _plan_from_names(metrics, sharing.get(stage, {}))
+                for stage, metrics in zip(STAGES, self._stages)
             )
-        return self._with(tuple(stages))
+            _check_same_plan(self, saved_plan, "restore this evaluator from a state saved by one")
+        stages = tuple(
+            tuple(
+                flax.serialization.from_state_dict(m, state[stage][m.name], name=m.name)
+                for m in metrics
+            )
+            for stage, metrics in zip(STAGES, self._stages)
+        )
+        restored = self._with(stages)
+        if sharing is None:
+            for stage, metrics, plan in zip(STAGES, restored._stages, self._plan):
+                for metric, leader in zip(metrics, plan):
+                    if metrics[leader] is not metric and not _same_leaves(metrics[leader], metric):
+                        raise ValueError(
+                            f"cannot restore this evaluator: in {stage}, {metric.name} shares "
+                            f"the state of {metrics[leader].name} here, but the saved states "
+                            "differ; build the Evaluator the way the saved one was built"
+                        )
+        return restored
 
     # -- public protocol ---------------------------------------------------------------------------
 
@@ -236,6 +265,7 @@ class Evaluator:
             raise ValueError(
                 f"cannot merge {other!r} into {self!r}: both must hold the same metrics"
             )
+        _check_same_plan(self, other._plan, "merge an evaluator into one")
         return self._with(
             tuple(
                 tuple(a.merge(b) for a, b in zip(mine, theirs))
@@ -321,6 +351,38 @@ jax.tree_util.register_pytree_with_keys(
 flax.serialization.register_serialization_state(
     Evaluator, Evaluator._to_state_dict, Evaluator._from_state_dict
 )
+
+
+def _plan_from_names(metrics: tuple[Metric, ...], leaders: Any) -> tuple[int, ...] | None:
+    """A saved ``{name: leader name}`` as a plan over ``metrics``; None when it names others."""
+    index = {m.name: i for i, m in enumerate(metrics)}
+    leaders = {str(k): str(v) for k, v in dict(leaders).items()}
+    if sorted(leaders) != sorted(index) or not set(leaders.values()) <= set(index):
+        return None
+    return tuple(index[leaders[m.name]] for m in metrics)
+
+
+def _check_same_plan(mine: Evaluator, plan: tuple, action: str) -> None:
+    """ValueError naming each metric whose state ``plan`` shares otherwise than ``mine`` does."""
+    if plan == mine._plan:
+        return
+    differ = []
+    for stage, metrics, ours, theirs in zip(STAGES, mine._stages, mine._plan, plan):
+        if theirs is None:
+            differ.append(f"{stage}: the saved sharing names other metrics")
+            continue
+        for index, (metric, a, b) in enumerate(zip(metrics, ours, theirs)):
+            if a != b:
+                here = "keeps its own state" if a == index else f"shares {metrics[a].name}'s state"
+                there = "keeps its own" if b == index else f"shares {metrics[b].name}'s"
+                differ.append(
+                    f"{stage}: {metric.name} {here} in this evaluator, {there} in the other"
+                )
+    raise ValueError(
+        f"cannot {action} that shares metric states differently ({'; '.join(differ)}): a metric "
+        "sharing another's state would take that metric's data. Build both Evaluators the same "
+        "way (from fresh metrics, so that the same metrics share)"
+    )
 
 
 def _apply_shared(

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.base import Metric
@@ -74,9 +75,9 @@ class Moments(struct.PyTreeNode):
 
     @classmethod
     def of(cls, values: jax.Array) -> Moments:
-        """Moments of ``values`` along axis 0."""
+        """Moments of ``values`` along axis 0 (count 0, mean 0 for no values: merging adds nothing)."""
         count = jnp.asarray(values.shape[0], jnp.float32)
-        mean = jnp.mean(values, axis=0)
+        mean = jnp.sum(values, axis=0) / max(values.shape[0], 1)
         return cls(count, mean, jnp.sum((values - mean) ** 2, axis=0))
 
     def merge(self, other: Moments) -> Moments:
@@ -107,8 +108,10 @@ class AnomalyScoreDistribution(Metric):
 
     ``update(pred_score (N,), anomaly_map (N, H, W))``; ``compute() -> (image_mean, image_std,
     pixel_mean (H, W), pixel_std (H, W))`` with the unbiased std, anomalib's semantics. ``map_shape``
-    fixes (H, W) up front (needed inside jit); by default the first update sets it. Scores must be
-    positive (their log is taken): others raise ValueError eagerly and make the result NaN in jit.
+    fixes (H, W) up front (needed inside jit); by default the first update sets it, and maps of
+    another size later (in ``update`` or ``merge``) raise ValueError. Scores must be positive (their
+    log is taken): others raise ValueError eagerly and make the result NaN in jit. An empty batch adds
+    nothing; ``compute`` with no image at all raises ValueError eagerly and is NaN in jit.
 
     Example:
         >>> import jax.numpy as jnp, jaxmetrics_ad as jm
@@ -153,6 +156,12 @@ class AnomalyScoreDistribution(Metric):
             raise ValueError(
                 f"{map_field}: expected maps of shape {self.map_shape}, got {maps.shape[1:]}"
             )
+        held = self._held_map_shape()
+        if held is not None and maps.shape[1:] != held:
+            raise ValueError(
+                f"{map_field}: earlier updates had maps of shape {held}, this batch has "
+                f"{maps.shape[1:]}; the per-pixel statistics need one map size (resize the maps)"
+            )
         for values, field in ((scores, score_field), (maps, map_field)):
             check_finite(values, field)
             if not is_traced(values) and bool(jnp.any(values <= 0)):
@@ -174,9 +183,48 @@ class AnomalyScoreDistribution(Metric):
         invalid = jnp.sum(~(jnp.isfinite(image.mean) & jnp.all(jnp.isfinite(pixel.mean))))
         return _Pair(state.image.merge(image), state.pixel.merge(pixel)), invalid.astype(jnp.int32)
 
+    def _held_map_shape(self) -> tuple[int, ...] | None:
+        """(H, W) of the maps seen so far; None before the first update (when ``map_shape`` is None)."""
+        shape = tuple(self.state.pixel.mean.shape)
+        return shape or None
+
+    def merge(self, other: Metric) -> Metric:
+        """The statistics over the images of both; ValueError when their map sizes differ."""
+        if isinstance(other, AnomalyScoreDistribution) and other._config == self._config:
+            mine, theirs = self._held_map_shape(), other._held_map_shape()
+            if mine is not None and theirs is not None and mine != theirs:
+                raise ValueError(
+                    f"cannot merge {self.name} states of different map sizes: {mine} and "
+                    f"{theirs} ({self.fields[1]}); the per-pixel statistics need one map size"
+                )
+        return super().merge(other)
+
+    def _from_state_dict(self, state: dict) -> Metric:
+        # Without map_shape, the saved maps' (H, W) is adopted, as the first update would set it.
+        try:
+            saved = tuple(np.shape(state["state"]["pixel"]["mean"]))
+        except (KeyError, TypeError):
+            saved = ()
+        target = self
+        if self.map_shape is None and len(saved) == 2 and saved != self._held_map_shape():
+            zeros = jnp.zeros(saved, jnp.float32)
+            pixel = Moments(jnp.zeros((), jnp.float32), zeros, zeros)
+            target = self._replace(state=_Pair(self.state.image, pixel))
+        return Metric._from_state_dict(target, state)
+
+    def _check_state(self) -> None:
+        if float(self.state.image.count) == 0:
+            raise ValueError(f"{self.name}: no images: every batch given to update() was empty")
+
     def _compute(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         image, pixel = self.state.image, self.state.pixel
-        return image.mean, image.std(), pixel.mean, pixel.std()
+        seen = image.count > 0  # with no image the mean is undefined, not 0
+        return (
+            jnp.where(seen, image.mean, jnp.nan),
+            image.std(),
+            jnp.where(seen, pixel.mean, jnp.nan),
+            pixel.std(),
+        )
 
 
 class _Pair(struct.PyTreeNode):

@@ -148,7 +148,9 @@ def test_a_restored_state_continues_under_jit_without_a_retrace(category):
 def test_the_state_dict_is_keyed_by_stage_and_metric_name_and_checked_on_restore():
     evaluator = make_evaluator(64)
     state = flax.serialization.to_state_dict(evaluator)
-    assert list(state) == ["val", "test"]
+    assert list(state) == ["val", "test", "sharing"]
+    assert state["sharing"]["test"]["pixel_AUROC"] == "pixel_AUROC"  # keeps its own state
+    assert state["test"]["image_AUROC"]["config"]["thresholds"] == "64"
     assert list(state["test"]) == [
         "image_AUROC",
         "pixel_AUROC",
