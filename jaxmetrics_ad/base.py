@@ -11,8 +11,10 @@ skip batches that lack a field, and ``compute`` of a never-updated non-strict me
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+import functools
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import flax.serialization
 import jax
@@ -22,6 +24,48 @@ import numpy as np
 from jaxmetrics_ad.validation import as_array, is_traced
 
 _CHILDREN = ("state", "num_updates", "num_invalid")
+_INT32_MAX = 2**31 - 1
+
+LOOSE_BOUND = 1e-3
+"""A binned value whose certified error bound exceeds this warns when computed eagerly."""
+
+_Reader = TypeVar("_Reader", bound=Callable[..., Any])
+
+
+def state_reader(method: _Reader) -> _Reader:
+    """Decorator for a metric's readers other than ``compute`` (curves, thresholds, bounds, ...).
+
+    The reader gets ``compute``'s eager checks (no data, samples found invalid inside jit: ValueError)
+    and, under a trace, its floating outputs become NaN when the state holds invalid samples, so no
+    reader of a poisoned state returns an ordinary number.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, jaxmetrics_ad as jm
+        >>> m = jax.jit(lambda m, s, y: m.update(s, y))(jm.AUROC(thresholds=8), jnp.array([0.1, jnp.nan]), jnp.array([0, 1]))
+        >>> bool(jnp.isnan(jax.jit(lambda m: m.error_bound())(m)))
+        True
+    """
+
+    @functools.wraps(method)
+    def read(self: Metric, *args: Any, **kwargs: Any) -> Any:
+        if not is_traced(*jax.tree_util.tree_leaves(self)):
+            return method(self, *args, **kwargs) if self._check_readable() else None
+        return jax.tree_util.tree_map(self._poison_if_invalid, method(self, *args, **kwargs))
+
+    return read  # type: ignore[return-value]
+
+
+def _saturating_add(count: jax.Array, more: jax.Array) -> jax.Array:
+    """``count + more`` for non-negative int32 counts, stopping at 2**31 - 1 instead of wrapping."""
+    more = jnp.asarray(more, jnp.int32)
+    return jnp.where(more > _INT32_MAX - count, _INT32_MAX, count + more).astype(jnp.int32)
+
+
+def _saturating_psum(count: jax.Array, axis_name: str) -> jax.Array:
+    """The sum of a non-negative int32 count over devices, saturating like :func:`_saturating_add`."""
+    approximate = jax.lax.psum(count.astype(jnp.float32), axis_name)
+    exact = jax.lax.psum(count, axis_name)
+    return jnp.where(approximate >= _INT32_MAX - 2**10, _INT32_MAX, exact).astype(jnp.int32)
 
 
 def _frozen(value: Any) -> Any:
@@ -130,14 +174,33 @@ class Metric:
         return metric
 
     def _to_state_dict(self) -> dict[str, Any]:
-        return {n: flax.serialization.to_state_dict(getattr(self, n)) for n in _CHILDREN}
+        """The state arrays, and under ``"config"`` the class and configuration (JSON texts)."""
+        state = {n: flax.serialization.to_state_dict(getattr(self, n)) for n in _CHILDREN}
+        return {**state, "config": _saved_config(self)}
 
     def _from_state_dict(self, state: dict[str, Any]) -> Metric:
-        children = [
-            flax.serialization.from_state_dict(getattr(self, n), state[n], name=n)
-            for n in _CHILDREN
-        ]
-        return self._unflatten(self._config, children)
+        """This metric holding a saved state; ValueError when the state is another metric's.
+
+        The saved class and configuration must equal this metric's, apart from ``prefix`` (only a
+        name: a state may be restored under another one); the error names the entries that differ.
+        Each restored array must then have this metric's shape and dtype (the sample axis of a
+        growing exact buffer may have any length). A state saved without ``"config"`` (by an older
+        version) is checked by shapes and dtypes only.
+        """
+        _check_saved_config(self, state.get("config"))
+        try:
+            children = [
+                flax.serialization.from_state_dict(getattr(self, n), state[n], name=n)
+                for n in _CHILDREN
+            ]
+        except (KeyError, ValueError) as error:
+            raise ValueError(
+                f"cannot restore {self.name}: the saved state is laid out differently "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        restored = self._unflatten(self._config, children)
+        _check_restored_arrays(self, restored)
+        return restored
 
     def _set_children(self, state, num_updates, num_invalid) -> None:
         object.__setattr__(self, "state", state)
@@ -194,7 +257,7 @@ class Metric:
         return self._replace(
             state=state,
             num_updates=self.num_updates + 1,
-            num_invalid=self.num_invalid + num_invalid,
+            num_invalid=_saturating_add(self.num_invalid, num_invalid),
         )
 
     def _state_grows(self) -> bool:
@@ -232,7 +295,7 @@ class Metric:
         return self._replace(
             state=self.state.merge(other.state),
             num_updates=self.num_updates + other.num_updates,
-            num_invalid=self.num_invalid + other.num_invalid,
+            num_invalid=_saturating_add(self.num_invalid, other.num_invalid),
         )
 
     def all_reduce(self, axis_name: str) -> Metric:
@@ -240,7 +303,7 @@ class Metric:
         return self._replace(
             state=self.state.all_reduce(axis_name),
             num_updates=jax.lax.psum(self.num_updates, axis_name),
-            num_invalid=jax.lax.psum(self.num_invalid, axis_name),
+            num_invalid=_saturating_psum(self.num_invalid, axis_name),
         )
 
     def compute(self) -> Any:
@@ -248,23 +311,50 @@ class Metric:
 
         Eagerly, a strict metric with no data raises ValueError and a non-strict one returns None.
         Samples found invalid inside jit (NaN/inf scores, labels outside {0, 1}) make the value NaN;
-        eagerly they raise ValueError.
+        eagerly they raise ValueError. A binned value whose certified error bound exceeds
+        :data:`LOOSE_BOUND` warns (eagerly) that the bins are too coarse for these scores.
         """
         traced = is_traced(*jax.tree_util.tree_leaves(self))
         if not traced:
-            if self.requires_data and int(self.num_updates) == 0:
-                if not self.strict:
-                    return None
-                raise ValueError(f"{self.name} has no data: call update() before compute()")
-            if int(self.num_invalid):
-                raise ValueError(
-                    f"{self.name}: {int(self.num_invalid)} invalid samples (NaN/inf scores or labels "
-                    "outside {0, 1}) were given inside jit; the value is undefined"
-                )
+            if not self._check_readable():
+                return None
             self._check_state()
         if traced or self._state_grows():
-            return self._compute_checked()
-        return _jitted_compute(self)
+            value = self._compute_checked()
+        else:
+            value = _jitted_compute(self)
+        if not traced:
+            self._warn_if_loose()
+        return value
+
+    def _check_readable(self) -> bool:
+        """Eager checks shared by every reader: False for a non-strict metric without data."""
+        if self.requires_data and int(self.num_updates) == 0:
+            if not self.strict:
+                return False
+            raise ValueError(f"{self.name} has no data: call update() before compute()")
+        if int(self.num_invalid):
+            count = int(self.num_invalid)
+            amount = f"at least {count}" if count == _INT32_MAX else str(count)
+            raise ValueError(
+                f"{self.name}: {amount} invalid samples (NaN/inf scores or labels outside "
+                "{0, 1}) were given inside jit; the value is undefined"
+            )
+        return True
+
+    def _warn_if_loose(self) -> None:
+        bound_reader = getattr(self, "error_bound", None)
+        if bound_reader is None or getattr(self, "is_exact", True):
+            return
+        bound = np.max(np.asarray(bound_reader(), np.float64), initial=0.0)
+        if bound > LOOSE_BOUND:
+            warnings.warn(
+                f"{self.name}: the binned value may be off by up to {bound:.3g} (certified bound): "
+                "the bins are too coarse for these scores (e.g. a few far outliers widen every "
+                "bin); use more thresholds, explicit thresholds, or exact mode (thresholds=None)",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def _compute_checked(self) -> Any:
         value = self._compute()
@@ -289,7 +379,15 @@ class Metric:
         shown = {k: v for k, v in self._config if k not in ("strict",) or not v}
         args = ", ".join(f"{k}={_short(v)}" for k, v in shown.items())
         text = f"{type(self).__name__}({args})"
-        if is_traced(self.num_updates) or int(self.num_updates) == 0:
+        updates = self.num_updates
+        if is_traced(updates) or not isinstance(updates, (jax.Array, np.ndarray, np.generic)):
+            return text  # a trace, or a tree of shapes (jax.eval_shape, tree_map(jnp.shape, ...))
+        if np.ndim(updates):  # stacked metrics, e.g. a pmap/vmap output: one per leading index
+            counts = np.asarray(updates)
+            low, high = (int(counts.min()), int(counts.max())) if counts.size else (0, 0)
+            each = f"{low}" if low == high else f"{low}-{high}"
+            return f"{text}  # {counts.size} stacked metrics {counts.shape}, {each} updates each"
+        if int(updates) == 0:
             return text
         try:
             value = self.compute()
@@ -337,3 +435,101 @@ def _short(value: Any) -> str:
     if isinstance(value, tuple) and any(isinstance(v, (jax.Array, np.ndarray)) for v in value):
         return "(" + ", ".join(_short(v) for v in value) + ")"
     return repr(value)
+
+
+# -- saved states: what a state dict records about its metric, and the checks on restore ------------
+
+
+def _saved_config(metric: Metric) -> dict[str, str]:
+    """``{"class": name, entry: JSON text of its value}``: msgpack- and checkpoint-friendly strings."""
+    import json
+
+    config = {key: json.dumps(value, default=str) for key, value in metric._config}
+    return {"class": type(metric).__name__, **config}
+
+
+def _shown(text: str | None, other: str | None) -> str:
+    """A saved configuration value for an error message (``other``: the value it is compared with)."""
+    import json
+
+    if text is None:
+        return "<absent>"
+    try:
+        value, versus = json.loads(text), json.loads(other) if other is not None else None
+    except ValueError:  # the class name is plain text
+        return text
+    if not isinstance(value, list) or len(value) <= 6:
+        return repr(_frozen(value))
+    if isinstance(versus, list) and len(versus) == len(value):
+        first = next((i for i, (a, b) in enumerate(zip(value, versus)) if a != b), 0)
+        return f"<{len(value)} values, [{first}]={value[first]!r}>"
+    return f"<{len(value)} values: {value[0]!r}, {value[1]!r}, ..., {value[-1]!r}>"
+
+
+def _check_saved_config(metric: Metric, saved: Any) -> None:
+    """ValueError naming each configuration entry that differs (``prefix`` may differ)."""
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping):
+        raise ValueError(
+            f"cannot restore {metric.name}: the saved 'config' is not a dict: {saved!r}"
+        )
+    saved = {str(k): str(v) for k, v in saved.items()}
+    expected = _saved_config(metric)
+    keys = list(expected) + [k for k in saved if k not in expected]
+    differ = [
+        f"{key}: saved {_shown(saved.get(key), expected.get(key))}, "
+        f"this metric {_shown(expected.get(key), saved.get(key))}"
+        for key in keys
+        if key != "prefix" and saved.get(key) != expected.get(key)
+    ]
+    if differ:
+        raise ValueError(
+            f"cannot restore {metric.name} from a state saved by a metric of another "
+            f"configuration ({'; '.join(differ)}); build the metric with the saved configuration"
+        )
+
+
+def _array_entries(tree: Any, path: str = "") -> dict[str, Any]:
+    """The arrays of a state dict, keyed by their slash-separated path."""
+    if isinstance(tree, Mapping):
+        entries: dict[str, Any] = {}
+        for key, value in tree.items():
+            entries.update(_array_entries(value, f"{path}/{key}" if path else str(key)))
+        return entries
+    return {path: tree}
+
+
+def _check_restored_arrays(metric: Metric, restored: Metric) -> None:
+    """ValueError naming each restored array whose shape or dtype differs from ``metric``'s."""
+
+    def arrays(m: Metric) -> dict[str, Any]:  # shapes and dtypes only: nothing is computed
+        return jax.eval_shape(
+            lambda m: _array_entries(
+                {n: flax.serialization.to_state_dict(getattr(m, n)) for n in _CHILDREN}
+            ),
+            m,
+        )
+
+    expected, found = arrays(metric), arrays(restored)
+    if sorted(expected) != sorted(found):
+        raise ValueError(
+            f"cannot restore {metric.name}: the saved state holds {sorted(found)}, this metric "
+            f"{sorted(expected)}"
+        )
+    grows = metric._state_grows()  # the sample axis (the last) of a growing buffer has any length
+    differ = []
+    for path, want in expected.items():
+        have = found[path]
+        want_shape, have_shape = tuple(want.shape), tuple(have.shape)
+        want_dtype, have_dtype = want.dtype, have.dtype
+        comparable = (want_shape[:-1], len(want_shape)) if grows else want_shape
+        if comparable != ((have_shape[:-1], len(have_shape)) if grows else have_shape):
+            differ.append(f"{path}: saved shape {have_shape}, this metric {want_shape}")
+        if want_dtype != have_dtype:
+            differ.append(f"{path}: saved dtype {have_dtype}, this metric {want_dtype}")
+    if differ:
+        raise ValueError(
+            f"cannot restore {metric.name}: the saved arrays do not fit this metric "
+            f"({'; '.join(differ)})"
+        )

@@ -17,6 +17,7 @@ outside [0, 1] (theirs makes the result depend on how data is split into batches
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
@@ -25,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.base import Metric, state_reader
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.counts import WideCount
 from jaxmetrics_ad.curves import (
@@ -57,18 +58,55 @@ Thresholds = int | Sequence[float] | jax.Array | np.ndarray | None
 def _checked_thresholds(thresholds: Thresholds) -> int | tuple[float, ...] | None:
     if thresholds is None:
         return None
-    if isinstance(thresholds, bool):
-        raise TypeError("thresholds must be None, an int or a 1-D array, got a bool")
-    if isinstance(thresholds, int):
-        if thresholds < 3:
-            raise ValueError(f"thresholds: need at least 3 bins, got {thresholds}")
-        return thresholds
-    values = np.asarray(thresholds, dtype=np.float64)
+    if isinstance(thresholds, (bool, np.bool_)):
+        raise TypeError("thresholds: expected None, an int or a 1-D array, got a bool")
+    if isinstance(thresholds, numbers.Integral) or (
+        isinstance(thresholds, (np.ndarray, jax.Array))
+        and thresholds.ndim == 0
+        and np.issubdtype(thresholds.dtype, np.integer)
+    ):
+        if int(thresholds) < 3:
+            raise ValueError(f"thresholds: expected at least 3 bins, got {int(thresholds)}")
+        return int(thresholds)
+    try:
+        values = np.asarray(thresholds, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            f"thresholds: expected None, an int or a 1-D array of floats, got {thresholds!r}"
+        ) from error
+    if values.ndim == 0:
+        raise TypeError(
+            f"thresholds: expected None, an int (number of bins) or a 1-D array of thresholds, "
+            f"got the single float {float(values)!r}; wrap it in a list for one threshold"
+        )
     if values.ndim != 1 or values.size == 0:
         raise ValueError(f"thresholds: expected a non-empty 1-D array, got shape {values.shape}")
     if not np.all(np.isfinite(values)) or np.any(np.diff(values) <= 0):
         raise ValueError("thresholds: values must be finite and strictly increasing")
-    return tuple(float(v) for v in values.astype(np.float32))
+    as_float32 = values.astype(np.float32)
+    if np.any(np.diff(as_float32) <= 0):
+        raise ValueError("thresholds: values must stay distinct in float32 (scores are float32)")
+    return tuple(float(v) for v in as_float32)
+
+
+def _checked_capacity(capacity: int | None, thresholds: object) -> int | None:
+    """``capacity`` as an int (numpy ints accepted); it only applies to exact mode."""
+    if capacity is None:
+        return None
+    if thresholds is not None:
+        raise ValueError(
+            f"capacity={capacity!r} applies to exact mode only (thresholds=None); a binned metric "
+            "(thresholds given) has a fixed-size state already"
+        )
+    if isinstance(capacity, (bool, np.bool_)) or not isinstance(capacity, numbers.Integral):
+        raise TypeError(
+            f"capacity: expected a positive int (number of samples) or None, got {capacity!r}"
+        )
+    if int(capacity) < 1:
+        raise ValueError(
+            f"capacity: expected a positive int (number of samples), got {int(capacity)}"
+        )
+    return int(capacity)
 
 
 def _warn_one_class(name: str, num_positives: float, num_negatives: float, consequence: str):
@@ -103,7 +141,7 @@ class ScoreCurveMetric(Metric):
             prefix=prefix,
             strict=strict,
             thresholds=_checked_thresholds(thresholds),
-            capacity=capacity,
+            capacity=_checked_capacity(capacity, thresholds),
         )
 
     @property
@@ -132,6 +170,7 @@ class ScoreCurveMetric(Metric):
         channel, num_invalid = binary_channel(preds, target)
         return self.state.add(preds, channel), num_invalid
 
+    @state_reader
     def threshold_counts(self, at: str = "positives") -> ThresholdCounts:
         """The counts every reader uses: numpy float64 (exact, eager only) or jax float32 (binned)."""
         if not self.is_exact:
@@ -191,6 +230,7 @@ class AUROC(ScoreCurveMetric):
     def _compute(self) -> jax.Array:
         return self._scalar(roc_auc)
 
+    @state_reader
     def curve(self) -> tuple[jax.Array, jax.Array]:
         """(fpr, tpr) points of the ROC curve from (0, 0) to (1, 1), for plotting (eager for exact).
 
@@ -203,6 +243,7 @@ class AUROC(ScoreCurveMetric):
         fpr, tpr = roc_curve(self.threshold_counts())
         return jnp.asarray(fpr, jnp.float32), jnp.asarray(tpr, jnp.float32)
 
+    @state_reader
     def error_bound(self) -> jax.Array:
         """An upper bound on |binned AUROC − exact AUROC|: ``0.5 Σ_b pos_b neg_b / (P N)``; 0 if exact.
 
@@ -238,6 +279,7 @@ class AUPR(ScoreCurveMetric):
     def _compute(self) -> jax.Array:
         return self._scalar(average_precision)
 
+    @state_reader
     def curve(self) -> tuple[jax.Array, jax.Array]:
         """(recall, precision) at each threshold, for plotting (eager for exact)."""
         precision, recall = precision_recall(self.threshold_counts(at="all"))
@@ -261,6 +303,7 @@ class F1Max(ScoreCurveMetric):
     def _compute(self) -> jax.Array:
         return self._scalar(lambda counts: best_f1(counts)[0])
 
+    @state_reader
     def threshold(self) -> jax.Array:
         """The lowest threshold at which F1 reaches its maximum (NaN without positives)."""
         return self._scalar(lambda counts: best_f1(counts)[1])
@@ -283,31 +326,28 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
     )
 
     def _compute(self) -> jax.Array:
-
-        def adaptive(counts: ThresholdCounts):
-            xp = np if isinstance(counts.tp_ge, np.ndarray) else jnp
-            threshold = best_f1(counts)[1]
-            return xp.where(counts.num_positives > 0, threshold, xp.nan)
-
-        threshold = self._scalar(adaptive)
-        lowest, highest, has_negatives = self._score_range_and_negatives()
+        threshold = self._scalar(lambda counts: best_f1(counts)[1])
+        lowest, highest, has_negatives, has_positives = self._score_range_and_classes()
+        threshold = jnp.where(has_positives, threshold, highest)
         threshold = jnp.where(has_negatives, threshold, lowest)
-        return jnp.where(jnp.isnan(threshold), highest, threshold)
+        # the fallbacks above must not hide a value that is undefined for another reason
+        return jnp.where(self._overflowed(), jnp.nan, threshold)
 
-    def _score_range_and_negatives(self) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Lowest and highest score and whether a negative was seen, read without a second sort."""
+    def _overflowed(self) -> jax.Array:
+        return self.state.overflowed() if self.is_exact else jnp.array(False)
+
+    def _score_range_and_classes(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+        """Lowest and highest score and whether a negative / a positive was seen, without a sort."""
         if not self.is_exact:
-            return (
-                self.state.score_min,
-                self.state.score_max,
-                self.state.counts.as_float()[0].sum() > 0,
-            )
+            negatives, positives = self.state.counts.as_float().sum(axis=1)
+            return self.state.score_min, self.state.score_max, negatives > 0, positives > 0
         scores, channels, _ = self.state.arrays()
         kept = channels >= 0
         return (
             jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf),
             jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf),
             jnp.any(channels == 0),
+            jnp.any(channels == 1),
         )
 
 
@@ -363,6 +403,10 @@ class F1Score(Metric):
         prefix: str = "",
         strict: bool = True,
     ) -> None:
+        if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, numbers.Real):
+            raise TypeError(f"threshold: expected a finite float, got {threshold!r}")
+        if not np.isfinite(float(threshold)):
+            raise ValueError(f"threshold: expected a finite float, got {float(threshold)}")
         super().__init__(fields=fields, prefix=prefix, strict=strict, threshold=float(threshold))
 
     def _empty_state(self) -> WideCount:

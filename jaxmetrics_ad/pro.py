@@ -161,7 +161,8 @@ class PRO(Metric):
     the region predicted positive (anomalib's PRO).
 
     Float maps are predicted positive where ``map > threshold``; int or bool maps are predictions
-    already (non-zero = positive). Regions of all images seen count once each; with no region at all
+    already: 0/1 or bool, where 1 (True) is positive; other integers (e.g. 0/255 PNG masks) raise
+    ValueError eagerly and make the value NaN inside jit (divide such masks by 255 first). Regions of all images seen count once each; with no region at all
     the value is 1.0, as in anomalib. The state is two scalars (overlap sum, region count), merged
     by addition and ``psum``.
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def is_traced(*arrays: object) -> bool:
@@ -26,21 +27,84 @@ def is_traced(*arrays: object) -> bool:
 
 
 def as_array(value: object, field: str) -> jax.Array:
-    """``value`` as a jax array, or a TypeError naming the field.
+    """``value`` as a jax array whose values mean what they meant, or an error naming the field.
+
+    Values are checked before any cast, because jax's casts are silent: without ``jax_enable_x64``
+    int64 becomes int32 (``2**32 + 1`` would read as 1) and float64 becomes float32 (``1e39``
+    would read as inf), so such values raise ValueError instead. Booleans are re-made from their
+    bytes (``!= 0``): a bool stored as 0xFF, what Pillow gives for 1-bit PNG masks, would otherwise
+    compare unequal to 1 inside jit. Complex, string and object arrays raise TypeError.
 
     Example:
         >>> as_array([1, 2], "gt_label").shape
         (2,)
+        >>> import numpy as np
+        >>> as_array(np.array([0, 255], np.uint8).view(bool), "gt_mask").astype(int).tolist()
+        [0, 1]
+        >>> as_array(np.array([1, 2**40]), "pred_score")
+        Traceback (most recent call last):
+        ...
+        ValueError: pred_score: integer values must fit in int32 (jax_enable_x64 is off), got 1099511627776
     """
     if value is None:
         raise TypeError(f"{field}: expected an array, got None")
-    try:
-        array = jnp.asarray(value)
-    except TypeError as error:
-        raise TypeError(f"{field}: expected an array, got {type(value).__name__}") from error
-    if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
-        raise TypeError(f"{field}: expected a numeric or boolean array, got dtype {array.dtype}")
-    return array
+    if not isinstance(value, jax.Array):
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"{field}: expected an array, got {type(value).__name__}") from error
+        _check_representable(value, field)
+    elif not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
+        raise TypeError(
+            f"{field}: expected a real numeric or boolean array, got dtype {value.dtype}"
+        )
+    if jnp.issubdtype(value.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{field}: expected a real numeric or boolean array, got dtype {value.dtype}"
+        )
+    return clean_bool(jnp.asarray(value))
+
+
+def clean_bool(values: jax.Array) -> jax.Array:
+    """Booleans re-made as ``byte != 0`` (a True stored as 0xFF compares unequal to 1 in XLA).
+
+    Pillow returns such bools for 1-bit PNG masks; :func:`as_array` applies this to every input.
+
+    Example:
+        >>> import numpy as np
+        >>> raw = np.array([0, 255, 1], np.uint8).view(bool)
+        >>> jax.jit(lambda m: clean_bool(m) == 1)(raw).tolist()
+        [False, True, True]
+    """
+    # a bit cast, not a conversion: XLA may fold ``x != False`` or a convert back into ``x``
+    return values.view(jnp.uint8) != 0 if values.dtype == jnp.bool_ else values
+
+
+def _check_representable(values: np.ndarray, field: str) -> None:
+    """Raise unless jax can hold ``values`` without changing them (see :func:`as_array`)."""
+    kind = values.dtype.kind
+    if kind not in "biuf":
+        raise TypeError(
+            f"{field}: expected a real numeric or boolean array, got dtype {values.dtype}"
+        )
+    if jax.config.jax_enable_x64 or values.size == 0 or values.dtype.itemsize < 8:
+        return
+    if kind in "iu":
+        info = np.iinfo(np.int32)
+        outside = (values < info.min) | (values > info.max)
+        if np.any(outside):
+            raise ValueError(
+                f"{field}: integer values must fit in int32 (jax_enable_x64 is off), "
+                f"got {values[outside].flat[0]}"
+            )
+    elif kind == "f":
+        limit = np.finfo(np.float32).max
+        outside = np.isfinite(values) & (np.abs(values) > limit)
+        if np.any(outside):
+            raise ValueError(
+                f"{field}: values must fit in float32 (|x| <= {limit:.4g}; jax_enable_x64 is off), "
+                f"got {float(values[outside].flat[0])}"
+            )
 
 
 def check_same_shape(first: jax.Array, first_field: str, second: jax.Array, second_field: str):
@@ -58,7 +122,8 @@ def check_same_shape(first: jax.Array, first_field: str, second: jax.Array, seco
 
 
 def check_finite(scores: jax.Array, field: str) -> None:
-    """Eagerly raise ValueError when ``scores`` holds NaN or inf; no-op inside jit.
+    """Eagerly raise ValueError when ``scores`` holds NaN or inf, or integers past 2**24 (which
+    float32, the type scores are compared in, cannot all tell apart); no-op inside jit.
 
     Example:
         >>> import jax.numpy as jnp
@@ -67,7 +132,18 @@ def check_finite(scores: jax.Array, field: str) -> None:
         ...
         ValueError: anomaly_map: 1 of 2 values are NaN or inf; scores must be finite
     """
-    if is_traced(scores) or not jnp.issubdtype(scores.dtype, jnp.floating):
+    if is_traced(scores) or scores.size == 0:
+        return
+    if jnp.issubdtype(scores.dtype, jnp.integer):
+        # compared in float32, which holds every integer only up to 2**24: larger ones could tie
+        largest = int(np.max(np.abs(np.asarray(scores).astype(np.int64))))
+        if largest > 2**24:
+            raise ValueError(
+                f"{field}: integer scores beyond ±2**24 are not exact in float32 (got {largest}); "
+                "pass float scores"
+            )
+        return
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
         return
     bad = int(jnp.sum(~jnp.isfinite(scores)))
     if bad:
@@ -106,6 +182,7 @@ def binary_channel(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
         >>> channel.tolist(), int(invalid)
         ([1, -1], 1)
     """
+    labels = clean_bool(labels)
     valid = jnp.isfinite(scores) & ((labels == 0) | (labels == 1))
     channel = jnp.where(valid, labels.astype(jnp.int32), -1)
     return channel, jnp.sum(~valid).astype(jnp.int32)

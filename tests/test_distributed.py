@@ -68,6 +68,8 @@ def every_metric(capacity: int) -> list[jm.Metric]:
         jm.MinMax(fields=("anomaly_map",)),
         jm.AnomalyScoreDistribution(map_shape=SIZE),
         jm.ManualThreshold(0.7),
+        jm.PGn(thresholds=BINS, fields=IMAGE, prefix="binned_"),
+        jm.PBn(capacity=capacity, fields=IMAGE, prefix="exact_"),
         jm.PRO(threshold=0.6, **REGIONS),
         jm.PIMO(**PIMO_OPTIONS),
         jm.AUPIMO(**AUPIMO_OPTIONS, return_average=False, prefix="per_image_"),
