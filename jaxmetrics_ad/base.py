@@ -424,16 +424,20 @@ def _jitted_compute(metric: Metric) -> Any:
 
 
 def _short(value: Any) -> str:
-    """A compact text for reprs: long tuples and arrays are abbreviated."""
+    """A compact text for reprs: long tuples and arrays are abbreviated, floats shown to 6 digits."""
     if isinstance(value, tuple) and len(value) > 4 and all(isinstance(v, float) for v in value):
         return f"<{len(value)} thresholds>"
+    if isinstance(value, (float, np.floating)):  # float32(0.3) reads 0.3, not 0.30000001192092896
+        return f"{float(value):.6g}"
     if isinstance(value, (jax.Array, np.ndarray)):
         array = np.asarray(value)
         if array.size == 1:
             return f"{array.item():.6g}"
         return f"array(shape={array.shape}, dtype={array.dtype})"
-    if isinstance(value, tuple) and any(isinstance(v, (jax.Array, np.ndarray)) for v in value):
-        return "(" + ", ".join(_short(v) for v in value) + ")"
+    if isinstance(value, tuple) and any(
+        isinstance(v, (float, np.floating, jax.Array, np.ndarray)) for v in value
+    ):
+        return "(" + ", ".join(_short(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     return repr(value)
 
 
