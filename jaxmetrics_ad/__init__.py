@@ -6,6 +6,7 @@ Example:
     1.0
 """
 
+from jaxmetrics_ad.adapters import MetricFunctions, WrappedMetric, wrap_metric
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.classification import (
     AUPR,
@@ -42,11 +43,14 @@ __all__ = [
     "F1Score",
     "ManualThreshold",
     "Metric",
+    "MetricFunctions",
     "MinMax",
     "PBn",
     "PGn",
     "PIMOResult",
     "ScoreCurveMetric",
     "ScoreHistogram",
+    "WrappedMetric",
     "binned_pr_curve",
+    "wrap_metric",
 ]
