@@ -127,6 +127,9 @@ class Metric:
 
     default_fields: ClassVar[tuple[str, ...]] = ("pred_score", "gt_label")
     requires_data: ClassVar[bool] = True
+    reader_config: ClassVar[tuple[str, ...]] = ()
+    """Configuration entries that only change how the state is read (e.g. PGn's ``fnr``): an
+    Evaluator shares one state between metrics that differ only there (and in ``prefix``)."""
 
     def __init__(
         self,
@@ -364,6 +367,25 @@ class Metric:
         if not jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
             return value
         return jnp.where(self.num_invalid > 0, jnp.nan, value)
+
+    def generate_figure(self) -> tuple[Any, str]:
+        """``(matplotlib Figure, title)`` of this metric, as anomalib's (needs the ``plot`` extra).
+
+        AUROC, AUPR, AUPRO, PIMO, AUPIMO and AnomalyScoreDistribution draw one (see
+        :func:`jaxmetrics_ad.plotting.figure_of`); other metrics raise TypeError. Eager only.
+
+        Example:
+            >>> import matplotlib
+            >>> matplotlib.use("Agg")
+            >>> import jaxmetrics_ad as jm
+            >>> figure, title = jm.AUPR().update([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]).generate_figure()
+            >>> title, figure.axes[0].get_title()
+            ('PR', 'PR: AUPR = 0.8333')
+            >>> matplotlib.pyplot.close(figure)
+        """
+        from jaxmetrics_ad.plotting import figure_of
+
+        return figure_of(self)
 
     def __call__(self, *inputs: Any) -> Any:
         """One-shot: the value over these inputs alone (the metric itself is left unchanged).

@@ -205,6 +205,21 @@ class ScoreCurveMetric(Metric):
         value = on_host(host, jax.ShapeDtypeStruct((), jnp.float32), scores, channels)
         return jnp.where(self.state.overflowed(), jnp.nan, value)
 
+    def _best_f1(self, index: int) -> jax.Array:
+        """Entry ``index`` of (F1 maximum, lowest threshold attaining it), read from the state.
+
+        Given thresholds follow anomalib: exactly those thresholds are the candidates (not the open
+        bin below the first), empty bins included. Exact and auto-ranging states skip thresholds
+        where no sample lies, so the threshold is a score (exact) or the lower edge of its bin.
+        """
+        if self.is_exact or isinstance(self.thresholds, int):
+            return self._scalar(lambda counts: best_f1(counts)[index])
+        candidates = ThresholdCounts(
+            *(field[:-1] for field in self.threshold_counts()[:5]),
+            *self.threshold_counts()[5:],
+        )
+        return best_f1(candidates, every_threshold=True)[index]
+
     def _check_state(self) -> None:
         if self.is_exact:
             _, channels = self._host_samples()
@@ -301,19 +316,20 @@ class F1Max(ScoreCurveMetric):
     one_class_consequence = "F1Max is 0 without positives, 1 without negatives"
 
     def _compute(self) -> jax.Array:
-        return self._scalar(lambda counts: best_f1(counts)[0])
+        return self._best_f1(0)
 
     @state_reader
     def threshold(self) -> jax.Array:
         """The lowest threshold at which F1 reaches its maximum (NaN without positives)."""
-        return self._scalar(lambda counts: best_f1(counts)[1])
+        return self._best_f1(1)
 
 
 class F1AdaptiveThreshold(ScoreCurveMetric):
     """The threshold that maximises F1 (the lowest one on ties), anomalib's adaptive threshold.
 
     With no positive sample it falls back to the highest score, with no negative sample to the lowest
-    score (a warning says so when computed eagerly).
+    score (a warning says so when computed eagerly); with given thresholds, to the highest / lowest
+    of them, and the candidates are exactly those thresholds, as in anomalib.
 
     Example:
         >>> import jaxmetrics_ad as jm
@@ -326,7 +342,7 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
     )
 
     def _compute(self) -> jax.Array:
-        threshold = self._scalar(lambda counts: best_f1(counts)[1])
+        threshold = self._best_f1(1)
         lowest, highest, has_negatives, has_positives = self._score_range_and_classes()
         threshold = jnp.where(has_positives, threshold, highest)
         threshold = jnp.where(has_negatives, threshold, lowest)
@@ -340,7 +356,11 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
         """Lowest and highest score and whether a negative / a positive was seen, without a sort."""
         if not self.is_exact:
             negatives, positives = self.state.counts.as_float().sum(axis=1)
-            return self.state.score_min, self.state.score_max, negatives > 0, positives > 0
+            if self.state.edges is not None:  # anomalib: the lowest / highest given threshold
+                lowest, highest = (jnp.float32(self.state.edges[i]) for i in (0, -1))
+            else:
+                lowest, highest = self.state.score_min, self.state.score_max
+            return lowest, highest, negatives > 0, positives > 0
         scores, channels, _ = self.state.arrays()
         kept = channels >= 0
         return (

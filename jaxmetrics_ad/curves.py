@@ -178,11 +178,13 @@ def f1_scores(counts: ThresholdCounts) -> Array:
     return xp.where(xp.isfinite(f1), f1, 0.0)
 
 
-def best_f1(counts: ThresholdCounts) -> tuple[Array, Array]:
+def best_f1(counts: ThresholdCounts, every_threshold: bool = False) -> tuple[Array, Array]:
     """The maximum F1 and the lowest threshold that attains it (anomalib's F1Max rule).
 
-    Thresholds holding no sample (empty bins) are skipped, so a binned threshold is the lower edge of
-    the bin of the score an exact computation would pick.
+    By default thresholds holding no sample (empty bins) are skipped, so an auto-ranging binned
+    threshold is the lower edge of the bin of the score an exact computation would pick. With
+    ``every_threshold=True`` every threshold is a candidate (anomalib's rule for given thresholds:
+    an empty bin ties with the bin above it, and the lower threshold wins).
 
     With no threshold at all (no positive in exact mode) returns (0, NaN).
 
@@ -195,7 +197,7 @@ def best_f1(counts: ThresholdCounts) -> tuple[Array, Array]:
     xp = _xp(counts.tp_ge)
     # Only thresholds that hold a sample count: an empty bin would tie with the bin above it.
     occupied = (counts.tp_ge - counts.tp_gt + counts.fp_ge - counts.fp_gt) > 0
-    f1 = xp.where(occupied, f1_scores(counts), -1.0)
+    f1 = f1_scores(counts) if every_threshold else xp.where(occupied, f1_scores(counts), -1.0)
     if f1.shape[0] == 0:
         return xp.asarray(0.0), xp.asarray(xp.nan)
     # Thresholds descend, so the lowest threshold among ties is the last maximum.

@@ -36,7 +36,8 @@ _STATE_METHODS = ("update", "update_from", "_update_unchecked", "_empty_state", 
 
 def _sharing_key(metric: Metric) -> tuple:
     methods = tuple(getattr(type(metric), name) for name in _STATE_METHODS)
-    return methods, tuple((k, v) for k, v in metric._config if k != "prefix")
+    read_only = ("prefix", *metric.reader_config)
+    return methods, tuple((k, v) for k, v in metric._config if k not in read_only)
 
 
 def _same_leaves(first: Metric, second: Metric) -> bool:
@@ -122,8 +123,10 @@ class Evaluator:
     def default(cls, thresholds: int | None = DEFAULT_NUM_BINS) -> Evaluator:
         """anomalib's default test metrics: image AUROC and F1Score, pixel AUROC and F1Score.
 
-        The pixel metrics are ``strict=False`` (skipped for batches without masks). ``thresholds``
-        sets the AUROC bins; ``None`` keeps every sample for anomalib's exact value (eager only).
+        A batch needs ``pred_score``, ``pred_label`` and ``gt_label`` (one entry per image); the pixel
+        metrics read ``anomaly_map``, ``pred_mask`` and ``gt_mask`` (N, H, W) and are ``strict=False``
+        (skipped for batches without them). ``thresholds`` sets the AUROC bins; ``None`` keeps every
+        sample for anomalib's exact value (eager only).
 
         Example:
             >>> import jaxmetrics_ad as jm

@@ -49,7 +49,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmetrics_ad.base import Metric
-from jaxmetrics_ad.classification import ScoreCurveMetric, Thresholds, _checked_thresholds
+from jaxmetrics_ad.classification import (
+    ScoreCurveMetric,
+    Thresholds,
+    _checked_capacity,
+    _checked_thresholds,
+)
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import is_traced
 
@@ -114,9 +119,15 @@ class _QuantileRate(ScoreCurveMetric):
             prefix=prefix,
             strict=strict,
             thresholds=_checked_thresholds(thresholds),
-            capacity=capacity,
+            capacity=_checked_capacity(capacity, thresholds),
             **{self.rate_argument: rate},
         )
+
+    @property
+    def reader_config(self) -> tuple[str, ...]:
+        """Configuration that only changes how the state is read: an Evaluator lets this metric
+        share one state with AUROC, AUPR, ... on the same fields and bins."""
+        return (self.rate_argument,)
 
     @property
     def rate(self) -> float:

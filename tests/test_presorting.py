@@ -173,7 +173,8 @@ def test_exact_mode_with_capacity_runs_inside_jit_and_scan():
 )
 def test_one_class_raises_eagerly_and_is_nan_under_jit(metric_type, labels, missing, thresholds):
     scores = jnp.array([0.2, 0.5, 0.9])
-    metric = metric_type(prefix="image_", thresholds=thresholds, capacity=8)
+    capacity = 8 if thresholds is None else None  # capacity is for exact mode only
+    metric = metric_type(prefix="image_", thresholds=thresholds, capacity=capacity)
     updated = metric.update(scores, jnp.array(labels))
     with pytest.raises(ValueError, match=rf"image_P[GB]5: no {missing}"):
         updated.compute()
