@@ -169,6 +169,13 @@ def test_readme_command_lines_parse():
         parser.parse_args(shlex.split(command)[1:])  # exits (SystemExit) on an unknown option
 
 
+def test_relative_links_point_at_files():
+    link = re.compile(r"\]\(([^)#:\s]+)(?:#[^)]*)?\)")
+    for path in DOCUMENTS:
+        for target in link.findall(path.read_text(encoding="utf-8")):
+            assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+
+
 # -- readable reprs (the ones the README and notebooks show) ----------------------------------------
 
 
