@@ -139,3 +139,65 @@ def test_missing_matplotlib_raises_import_error_with_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"jaxmetrics_ad\[plot\]"):
         plotting.plot_roc([0, 1], [0, 1])
+
+
+def test_plot_score_distributions_draws_one_histogram_per_class_on_shared_bins():
+    ax = plotting.plot_score_distributions(SCORES, LABELS, bins=20, density=False)
+    assert legend_texts(ax) == [
+        f"normal ({int((LABELS == 0).sum())})",
+        f"anomalous ({int((LABELS == 1).sum())})",
+    ]
+    edges = np.histogram_bin_edges(SCORES, bins=20)
+    normal_bars, anomalous_bars = ax.containers
+    for bars, label in ((normal_bars, 0), (anomalous_bars, 1)):
+        counts, _ = np.histogram(SCORES[LABELS == label], bins=edges)
+        np.testing.assert_array_equal([bar.get_height() for bar in bars], counts)
+        np.testing.assert_allclose([bar.get_x() for bar in bars], edges[:-1])
+    assert ax.get_ylabel() == "Count"
+
+
+def test_plot_score_distributions_densities_have_area_one_and_flatten_maps():
+    maps = RNG.uniform(size=(3, 4, 4))
+    masks = maps > 0.7
+    ax = plotting.plot_score_distributions(maps, masks.astype(int), bins=10)
+    for bars in ax.containers:
+        area = sum(bar.get_height() * bar.get_width() for bar in bars)
+        assert area == pytest.approx(1.0)
+    assert ax.get_ylabel() == "Density"
+
+
+def test_plot_score_distributions_with_one_class_draws_one_histogram():
+    ax = plotting.plot_score_distributions([0.1, 0.2, 0.3], [0, 0, 0])
+    assert legend_texts(ax) == ["normal (3)"]
+    assert len(ax.containers) == 1
+
+
+def test_plot_log_normal_draws_the_density_and_its_median():
+    ax = plotting.plot_log_normal(np.log(2.0), 0.25, label="image scores")
+    density, median = ax.get_lines()
+    x, y = density.get_xdata(), density.get_ydata()
+    assert x.min() == pytest.approx(2.0 * np.exp(-1.0)) and x.max() == pytest.approx(2.0 * np.e)
+    assert np.trapezoid(y, x) == pytest.approx(1.0, abs=1e-3)
+    np.testing.assert_allclose(median.get_xdata(), [2.0, 2.0])
+    assert legend_texts(ax) == ["image scores", "median = 2"]
+
+
+def test_plot_log_normal_without_a_std_draws_only_the_median():
+    ax = plotting.plot_log_normal(0.0, np.nan)
+    assert len(ax.get_lines()) == 1
+    assert legend_texts(ax) == ["median = 1"]
+
+
+@pytest.mark.parametrize(
+    ("draw", "argument"),
+    [
+        (lambda: plotting.plot_score_distributions([0.1, 0.2], [0]), "labels"),
+        (lambda: plotting.plot_score_distributions([0.1, 0.2], [0, 2]), "labels"),
+        (lambda: plotting.plot_score_distributions([0.1, np.nan], [0, 1]), "scores"),
+        (lambda: plotting.plot_score_distributions([], []), "scores"),
+        (lambda: plotting.plot_log_normal(np.inf, 1.0), "log_mean"),
+    ],
+)
+def test_bad_distribution_inputs_raise_value_error_naming_the_argument(draw, argument):
+    with pytest.raises(ValueError, match=argument):
+        draw()
