@@ -42,6 +42,7 @@ from jaxmetrics_ad.curves import (
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import (
+    as_array,
     binary_channel,
     check_binary,
     check_finite,
@@ -472,6 +473,8 @@ def binned_pr_curve(
 
     Pure jax with fixed output shapes, so ``jax.vmap`` gives one curve per row (per image, per
     category). Precision is NaN where nothing is predicted positive; recall NaN without positives.
+    NaN/inf scores or labels outside {0, 1} raise ValueError eagerly; inside jit/vmap they make
+    that row's whole curve NaN.
     With an int, each row gets its own auto-ranging bins.
 
     Example:
@@ -486,11 +489,17 @@ def binned_pr_curve(
         histogram = ScoreHistogram.auto(thresholds, num_channels=2)
     else:
         histogram = ScoreHistogram.fixed(np.asarray(thresholds), num_channels=2)
-    labels = jnp.asarray(labels)
-    channel, _ = binary_channel(jnp.asarray(scores, jnp.float32), labels)
+    scores, labels = as_array(scores, "scores"), as_array(labels, "labels")
+    check_same_shape(scores, "scores", labels, "labels")
+    check_finite(scores, "scores")
+    check_binary(labels, "labels")
+    channel, num_invalid = binary_channel(scores.astype(jnp.float32), labels)
     histogram = histogram.add(scores, channel)
     edges, counts, _ = histogram.cumulative()
     precision, recall = precision_recall(counts_from_cumulative(edges, counts[1], counts[0]))
+    # inside jit invalid samples cannot raise: the whole curve is NaN rather than silently short
+    precision = jnp.where(num_invalid > 0, jnp.nan, precision)
+    recall = jnp.where(num_invalid > 0, jnp.nan, recall)
     if histogram.edges is not None:
         precision, recall, edges = precision[:-1], recall[:-1], edges[:-1]
     return precision[::-1], recall[::-1], edges[::-1]

@@ -252,3 +252,22 @@ def test_subnormal_scores_are_not_tied_inside_jit(metric_class):
 def test_subnormal_threshold_is_returned_exactly_inside_jit():
     metric = jm.F1AdaptiveThreshold(capacity=4).update(TINY, TINY_LABELS)
     assert float(jax.jit(lambda m: m.compute())(metric)) == float(TINY[2])
+
+
+# -- binned_pr_curve: a sibling of the silent drops ---------------------------------------------
+
+
+def test_binned_pr_curve_raises_eagerly_on_invalid_samples():
+    with pytest.raises(ValueError, match="scores"):
+        jm.binned_pr_curve(jnp.array([0.1, jnp.nan]), jnp.array([0, 1]), jnp.array([0.5]))
+    with pytest.raises(ValueError, match="labels"):
+        jm.binned_pr_curve(jnp.array([0.1, 0.9]), jnp.array([0, 2]), jnp.array([0.5]))
+
+
+def test_binned_pr_curve_rows_with_invalid_samples_are_nan_under_vmap():
+    scores = jnp.array([[0.1, 0.9, 0.7], [0.1, jnp.nan, 0.7]])
+    labels = jnp.array([[0, 1, 1], [0, 1, 1]])
+    curve = jax.vmap(lambda s, y: jm.binned_pr_curve(s, y, jnp.array([0.5])))
+    precision, recall, _ = curve(scores, labels)
+    assert precision[0].tolist() == [1.0] and recall[0].tolist() == [1.0]
+    assert np.isnan(precision[1]).all() and np.isnan(recall[1]).all()
