@@ -6,7 +6,7 @@ Example:
     1.0
 """
 
-from jaxmetrics_ad.adapters import MetricFunctions, WrappedMetric, wrap_metric
+from jaxmetrics_ad.adapters import MetricFunctions, wrap_metric
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.classification import (
     AUPR,
@@ -50,7 +50,6 @@ __all__ = [
     "PIMOResult",
     "ScoreCurveMetric",
     "ScoreHistogram",
-    "WrappedMetric",
     "binned_pr_curve",
     "wrap_metric",
 ]

@@ -9,6 +9,12 @@ install here, so its API (a clu metric class with keyword ``predictions``/``labe
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import clu.metrics
 import flax.serialization
 import flax.struct
@@ -17,9 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 from sklearn.metrics import precision_score
 
 import jaxmetrics_ad as jm
+from jaxmetrics_ad.adapters import WrappedMetric
 
 RNG = np.random.default_rng(3)
 NUM_BATCHES, BATCH = 4, 16
@@ -68,13 +77,13 @@ def _max_update(state, values):
 MAX_SCORE = jm.MetricFunctions(_max_init, _max_update, jnp.maximum, lambda state: state)
 
 
-def clu_average(prefix: str = "image_") -> jm.WrappedMetric:
+def clu_average(prefix: str = "image_") -> WrappedMetric:
     return jm.wrap_metric(
         clu.metrics.Average, fields=("pred_score",), keywords=("values",), prefix=prefix
     )
 
 
-def wrapped_metrics() -> list[jm.WrappedMetric]:
+def wrapped_metrics() -> list[WrappedMetric]:
     return [
         clu_average(),
         jm.wrap_metric(  # the mean score of anomalous images: gt_label is clu's mask
@@ -193,7 +202,7 @@ def test_all_reduce_over_a_named_axis_equals_one_stream():
 
 
 def test_additive_states_reduce_with_psum_others_with_all_gather():
-    def collectives(metric: jm.WrappedMetric) -> set[str]:
+    def collectives(metric: WrappedMetric) -> set[str]:
         reduce = jax.make_jaxpr(lambda m: m.all_reduce("d"), axis_env=[("d", 2)])
         text = str(reduce(metric.update(SCORES[0])))
         return {name for name in ("psum", "all_gather") if name in text}
@@ -350,3 +359,54 @@ def test_bad_configurations_raise(build, error, match):
 def test_update_takes_one_array_per_field():
     with pytest.raises(TypeError, match="takes 1 arrays"):
         clu_average().update(SCORES[0], LABELS[0])
+
+
+# -- real collectives: pmap and shard_map over 4 CPU devices, in a child process ---------------------
+
+
+def sharded_child() -> dict[str, dict[str, float]]:
+    """Each device updates with its batch, then all_reduce: every device must hold the total."""
+    assert jax.device_count() == NUM_BATCHES, jax.devices()
+    evaluator = jm.Evaluator(wrapped_metrics())
+    data = {"pred_score": SCORES, "gt_label": LABELS}  # one batch per device
+    per_device = jax.tree_util.tree_map(lambda x: jnp.stack([x] * NUM_BATCHES), evaluator)
+    pmapped = jax.pmap(
+        lambda ev, batch: ev.update(batch).all_reduce("devices"), axis_name="devices"
+    )(per_device, data)
+    results = {"pmap": as_numbers(jax.tree_util.tree_map(lambda x: x[0], pmapped).compute())}
+    mesh = jax.make_mesh((NUM_BATCHES,), ("devices",))
+
+    def local(batch):
+        batch = jax.tree_util.tree_map(lambda x: x[0], batch)
+        return evaluator.update(batch).all_reduce("devices")
+
+    reduced = jax.jit(
+        jax.shard_map(local, mesh=mesh, in_specs=P("devices"), out_specs=P(), check_vma=False)
+    )(jax.device_put(data, NamedSharding(mesh, P("devices"))))
+    results["shard_map"] = as_numbers(reduced.compute())
+    return results
+
+
+def test_pmap_and_shard_map_all_reduce_equal_numpy():
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env.update(
+        JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_BATCHES}"
+    )
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "sharded"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    for kind in ("pmap", "shard_map"):
+        check(results[kind])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["sharded"]:
+        raise SystemExit(f"usage: {sys.argv[0]} sharded")
+    print(json.dumps(sharded_child()))
