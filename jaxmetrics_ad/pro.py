@@ -2,7 +2,8 @@
 
 Both average over the 8-connected regions of the ground-truth masks (``scipy.ndimage.label`` with a
 3×3 structure, as MVTec AD and anomalib do; :func:`~jaxmetrics_ad.regions.connected_components`
-labels them inside ``jax.jit``). Every region of every image seen counts once, whatever its size.
+labels them inside ``jax.jit``: with scipy through a host callback on CPU, with ``jax.lax`` elsewhere,
+or as ``labeller=`` says). Every region of every image seen counts once, whatever its size.
 
 * :class:`PRO` — the mean over regions of the fraction of the region scoring ``> threshold``.
 * :class:`AUPRO` — the MVTec AD per-region-overlap curve (PRO against the false positive rate of the
@@ -35,7 +36,7 @@ from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.host import on_host
-from jaxmetrics_ad.regions import connected_components
+from jaxmetrics_ad.regions import Labeller, check_labeller, connected_components
 from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shape, is_traced
 
 _BACKGROUND, _REGION = 0, 1
@@ -67,12 +68,13 @@ class Regions(NamedTuple):
     num_invalid: jax.Array  # int32 scalar: mask values that are neither 0 nor 1 (or bad labels)
 
 
-@functools.partial(jax.jit, static_argnames="region_labels")
-def _batch_regions(target: jax.Array, region_labels: bool) -> Regions:
+@functools.partial(jax.jit, static_argnames=("region_labels", "labeller"))
+def _batch_regions(target: jax.Array, region_labels: bool, labeller: str = "auto") -> Regions:
     """Regions of a batch of masks (N, H, W) or (H, W), or of precomputed labels (``region_labels``).
 
-    Binary masks are labelled with 8-connectivity; precomputed labels are used as they are (values
-    outside ``[0, H·W]`` count as invalid and as background).
+    Binary masks are labelled with 8-connectivity by ``labeller`` (see
+    :mod:`jaxmetrics_ad.regions`); precomputed labels are used as they are (values outside
+    ``[0, H·W]`` count as invalid and as background).
     """
     target = jnp.reshape(target, (-1, *target.shape[-2:]))
     num_images, height, width = target.shape
@@ -84,7 +86,7 @@ def _batch_regions(target: jax.Array, region_labels: bool) -> Regions:
         invalid = jnp.zeros(target.shape, bool)
         if target.dtype != jnp.bool_:
             invalid = (target != 0) & (target != 1)
-        labels, _ = connected_components(_nonzero(target))
+        labels, _ = connected_components(_nonzero(target), labeller=labeller)
     # Background pixels get an out-of-range id that the scatter drops and the gather fills with 0:
     # measured ~2x faster on CPU than giving the background a segment of its own.
     image_offsets = jnp.arange(num_images, dtype=jnp.int32) * pixels
@@ -137,6 +139,20 @@ def _check_image_inputs(
         )
 
 
+def _labeller_config(labeller: object) -> dict[str, str]:
+    """The configuration entry of ``labeller=``: none for the default ``"auto"``.
+
+    The labeller changes how labels are computed, never the labels, the state or the value, so the
+    default leaves the configuration (``repr``, saved states) as it was before the option existed.
+    """
+    check_labeller(labeller)
+    return {} if labeller == "auto" else {"labeller": labeller}
+
+
+def _configured_labeller(metric: Metric) -> str:
+    return dict(metric._config).get("labeller", "auto")
+
+
 class RegionOverlap(struct.PyTreeNode):
     """Sum over regions of the fraction predicted positive, and the number of regions."""
 
@@ -170,6 +186,9 @@ class PRO(Metric):
         threshold: the binarisation threshold of float maps.
         region_labels: the second field holds int region labels instead of binary masks (see the
             module docstring).
+        labeller: how binary masks are labelled: ``"auto"`` (``scipy.ndimage.label`` on the host
+            when running on CPU, the ``jax.lax`` labeller elsewhere), ``"host"`` or ``"lax"``; the
+            labels, hence the values, are identical (see :mod:`jaxmetrics_ad.regions`).
 
     Example:
         >>> import numpy as np, jaxmetrics_ad as jm
@@ -186,6 +205,7 @@ class PRO(Metric):
         threshold: float = 0.5,
         *,
         region_labels: bool = False,
+        labeller: Labeller = "auto",
         fields: Sequence[str] | None = None,
         prefix: str = "",
         strict: bool = True,
@@ -196,7 +216,13 @@ class PRO(Metric):
             strict=strict,
             threshold=float(threshold),
             region_labels=bool(region_labels),
+            **_labeller_config(labeller),
         )
+
+    @property
+    def labeller(self) -> str:
+        """How binary masks are labelled: ``"auto"``, ``"host"`` or ``"lax"``."""
+        return _configured_labeller(self)
 
     def _empty_state(self) -> RegionOverlap:
         return RegionOverlap(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
@@ -208,7 +234,7 @@ class PRO(Metric):
 
     def _update_state(self, maps: jax.Array, target: jax.Array):
         maps, target = _without_channel(maps), _without_channel(target)
-        regions = _batch_regions(target, self.region_labels)
+        regions = _batch_regions(target, self.region_labels, self.labeller)
         maps = jnp.reshape(maps, regions.labels.shape)
         if jnp.issubdtype(maps.dtype, jnp.floating):
             predicted, invalid = maps > self.threshold, ~jnp.isfinite(maps)
@@ -459,6 +485,8 @@ class AUPRO(Metric):
         capacity: exact mode only: pixels a fixed-size buffer holds (for jit/scan).
         region_labels: the second field holds int region labels instead of binary masks (see the
             module docstring).
+        labeller: how binary masks are labelled, as for :class:`PRO`; the value does not depend
+            on it.
 
     Example:
         >>> import numpy as np, jaxmetrics_ad as jm
@@ -480,6 +508,7 @@ class AUPRO(Metric):
         *,
         capacity: int | None = None,
         region_labels: bool = False,
+        labeller: Labeller = "auto",
         fields: Sequence[str] | None = None,
         prefix: str = "",
         strict: bool = True,
@@ -497,7 +526,13 @@ class AUPRO(Metric):
             thresholds=thresholds,
             capacity=capacity,
             region_labels=bool(region_labels),
+            **_labeller_config(labeller),
         )
+
+    @property
+    def labeller(self) -> str:
+        """How binary masks are labelled: ``"auto"``, ``"host"`` or ``"lax"``."""
+        return _configured_labeller(self)
 
     @property
     def is_exact(self) -> bool:
@@ -522,7 +557,7 @@ class AUPRO(Metric):
     def _update_state(self, maps: jax.Array, target: jax.Array):
         maps, target = _without_channel(maps), _without_channel(target)
         scores, channels, weights, num_regions, num_invalid = _pixel_samples(
-            maps, target, self.region_labels, self.is_exact
+            maps, target, self.region_labels, self.is_exact, self.labeller
         )
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
@@ -626,13 +661,15 @@ def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:
     return bool(np.any(np.asarray(buffer.channels) == _BACKGROUND))
 
 
-@functools.partial(jax.jit, static_argnames=("region_labels", "exact"))
-def _pixel_samples(maps: jax.Array, target: jax.Array, region_labels: bool, exact: bool):
+@functools.partial(jax.jit, static_argnames=("region_labels", "exact", "labeller"))
+def _pixel_samples(
+    maps: jax.Array, target: jax.Array, region_labels: bool, exact: bool, labeller: str = "auto"
+):
     """Per pixel: score, channel (0 background, 1 region, -1 invalid) and weight row; plus the
     batch's region count and invalid-value count. The weight is 1/|region| (binned) or |region|
     (exact: inverted on the host in float64).
     """
-    regions = _batch_regions(target, region_labels)
+    regions = _batch_regions(target, region_labels, labeller)
     scores = jnp.ravel(maps).astype(jnp.float32)
     finite = jnp.isfinite(scores)
     in_region = jnp.ravel(regions.labels) > 0

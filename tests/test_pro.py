@@ -277,10 +277,12 @@ def test_pro_merges_by_addition_and_flags_invalid_labels_inside_jit():
 
 
 def aupro_of(thresholds: int | None, maps: np.ndarray, masks: np.ndarray) -> jax.Array:
-    """Exact AUPRO eagerly, or binned through the file's one compiled update."""
+    """Exact AUPRO eagerly, or binned through the file's one compiled update (another bin count
+    is another configuration, so it compiles its own update)."""
     if thresholds is None:
         return jm.AUPRO()(maps, masks)
-    return jitted_update(jm.AUPRO(thresholds=thresholds), maps, masks.astype(np.int8)).compute()
+    update = jitted_update if thresholds == BINS else jax.jit(jm.AUPRO.update)
+    return update(jm.AUPRO(thresholds=thresholds), maps, masks.astype(np.int8)).compute()
 
 
 @pytest.mark.parametrize("thresholds", [None, BINS])

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from jaxmetrics_ad.regions import _label_batch, connected_components
+from jaxmetrics_ad.regions import LABELLERS, _label_batch, connected_components
 
 EIGHT_CONNECTED = np.ones((3, 3), int)
 CANVAS = 24
@@ -23,12 +23,14 @@ def scipy_labels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([labels for labels, _ in results]), np.array([count for _, count in results])
 
 
-def assert_same_as_scipy(masks: np.ndarray) -> None:
-    labels, num_regions = connected_components(masks)
+def assert_same_as_scipy(masks: np.ndarray, labellers=LABELLERS) -> None:
+    """Every labeller (the default "auto" among them) gives scipy's int32 labels and counts."""
     expected_labels, expected_counts = scipy_labels(np.asarray(masks, bool))
-    np.testing.assert_array_equal(np.asarray(labels), expected_labels)
-    np.testing.assert_array_equal(np.asarray(num_regions), expected_counts)
-    assert labels.dtype == jnp.int32 and num_regions.dtype == jnp.int32
+    for labeller in labellers:
+        labels, num_regions = connected_components(masks, labeller=labeller)
+        np.testing.assert_array_equal(np.asarray(labels), expected_labels, err_msg=labeller)
+        np.testing.assert_array_equal(np.asarray(num_regions), expected_counts, err_msg=labeller)
+        assert labels.dtype == jnp.int32 and num_regions.dtype == jnp.int32
 
 
 def spiral(size: int) -> np.ndarray:
@@ -96,13 +98,14 @@ def test_runs_across_word_boundaries_and_diagonal_steps_join():
     assert_same_as_scipy(masks)
 
 
-def test_shapes_touching_only_at_corners_are_one_region():
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_shapes_touching_only_at_corners_are_one_region(labeller):
     mask = np.zeros((CANVAS, CANVAS), bool)
     mask[2:5, 2:5] = True
     mask[5:8, 5:8] = True  # corner to corner with the first square
     mask[10, 10] = mask[11, 11] = mask[12, 10] = mask[13, 9] = True  # a diagonal zig-zag
     mask[20, 0] = mask[21, 1] = mask[22, 0] = True
-    labels, num_regions = connected_components(mask)
+    labels, num_regions = connected_components(mask, labeller=labeller)
     assert int(num_regions) == 3
     np.testing.assert_array_equal(np.asarray(labels), scipy_labels(mask[None])[0][0])
 
@@ -139,47 +142,57 @@ def test_adversarial_256px_shapes_converge_in_a_few_rounds():
     assert int(rounds) <= 24
 
 
-def test_empty_full_and_mixed_batches():
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_empty_full_and_mixed_batches(labeller):
     rng = np.random.default_rng(7)
     blobs = ndimage.binary_dilation(rng.random((CANVAS, CANVAS)) < 0.02, iterations=2)
     masks = np.stack([np.zeros((CANVAS, CANVAS), bool), np.ones((CANVAS, CANVAS), bool), blobs])
-    labels, num_regions = connected_components(masks)
+    labels, num_regions = connected_components(masks, labeller=labeller)
     assert not np.asarray(labels[0]).any() and int(num_regions[0]) == 0
     assert (np.asarray(labels[1]) == 1).all() and int(num_regions[1]) == 1
     assert_same_as_scipy(masks)
     assert_same_as_scipy(np.zeros((3, CANVAS, CANVAS), bool))
 
 
-def test_numbering_restarts_at_one_in_every_mask():
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_numbering_restarts_at_one_in_every_mask(labeller):
     mask = np.zeros((CANVAS, CANVAS), bool)
     mask[1, 1] = mask[10, 10] = True
-    labels, num_regions = connected_components(np.stack([mask, np.zeros_like(mask), mask]))
+    labels, num_regions = connected_components(
+        np.stack([mask, np.zeros_like(mask), mask]), labeller=labeller
+    )
     assert num_regions.tolist() == [2, 0, 2]
     np.testing.assert_array_equal(labels[0], labels[2])
 
 
-def test_single_mask_gives_unbatched_outputs():
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_single_mask_gives_unbatched_outputs(labeller):
     mask = np.random.default_rng(3).random((CANVAS, CANVAS)) < 0.3
-    labels, num_regions = connected_components(mask.astype(np.int32))
+    labels, num_regions = connected_components(mask.astype(np.int32), labeller=labeller)
     assert labels.shape == (CANVAS, CANVAS) and num_regions.shape == ()
     expected_labels, expected_counts = scipy_labels(mask[None])
     np.testing.assert_array_equal(np.asarray(labels), expected_labels[0])
     assert int(num_regions) == expected_counts[0]
 
 
-def test_jitted_labelling_traces_once_per_shape():
-    labeller = jax.jit(chex.assert_max_traces(connected_components, n=1))
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_jitted_labelling_traces_once_per_shape(labeller):
+    chex.clear_trace_counter()  # the same lambda is counted across the parametrisations
+    label = jax.jit(
+        chex.assert_max_traces(lambda m: connected_components(m, labeller=labeller), n=1)
+    )
     rng = np.random.default_rng(11)
     for _ in range(3):
         masks = rng.random((3, CANVAS, CANVAS)) < 0.2
-        labels, num_regions = labeller(jnp.asarray(masks, jnp.int32))
+        labels, num_regions = label(jnp.asarray(masks, jnp.int32))
         expected_labels, expected_counts = scipy_labels(masks)
         np.testing.assert_array_equal(np.asarray(labels), expected_labels)
         np.testing.assert_array_equal(np.asarray(num_regions), expected_counts)
 
 
-def test_zero_sized_batch_has_no_regions():
-    labels, num_regions = connected_components(np.zeros((0, 4, 4), bool))
+@pytest.mark.parametrize("labeller", LABELLERS)
+def test_zero_sized_batch_has_no_regions(labeller):
+    labels, num_regions = connected_components(np.zeros((0, 4, 4), bool), labeller=labeller)
     assert labels.shape == (0, 4, 4) and num_regions.shape == (0,)
 
 

@@ -54,17 +54,23 @@ def with_run_count(masks: np.ndarray, target: int, rng: np.random.Generator) -> 
 
 
 def assert_same_partition_as_scipy(masks: np.ndarray) -> None:
-    labels, num_regions = connected_components(masks)
-    for mask, got_labels, got_count in zip(masks, np.asarray(labels), np.asarray(num_regions)):
-        expected_labels, expected_count = ndimage.label(mask, structure=EIGHT_CONNECTED)
-        assert got_count == expected_count, f"{got_count} regions, scipy {expected_count}:\n{mask}"
-        np.testing.assert_array_equal(got_labels, expected_labels, err_msg=str(mask.astype(int)))
+    # The capacity boundaries are the jax.lax labeller's; the host labeller must agree as well.
+    for labeller in ("lax", "host"):
+        labels, num_regions = connected_components(masks, labeller=labeller)
+        for mask, got_labels, got_count in zip(masks, np.asarray(labels), np.asarray(num_regions)):
+            expected_labels, expected_count = ndimage.label(mask, structure=EIGHT_CONNECTED)
+            assert got_count == expected_count, (
+                f"{labeller}: {got_count} regions, scipy {expected_count}:\n{mask}"
+            )
+            np.testing.assert_array_equal(
+                got_labels, expected_labels, err_msg=f"{labeller}\n{mask.astype(int)}"
+            )
 
 
 def test_two_runs_in_the_last_rows_are_not_merged_at_full_typical_capacity():
     # Two runs in two rows: exactly one run per row, so the batch fills the typical capacity.
     mask = np.array([[0, 0, 0, 1, 1], [1, 0, 0, 0, 0]], bool)
-    labels, num_regions = connected_components(mask)
+    labels, num_regions = connected_components(mask, labeller="lax")
     assert int(num_regions) == 2
     assert labels.tolist() == [[0, 0, 0, 1, 1], [2, 0, 0, 0, 0]]
 
