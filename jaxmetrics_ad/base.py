@@ -411,11 +411,14 @@ class Metric:
             return f"{text}  # {counts.size} stacked metrics {counts.shape}, {each} updates each"
         if int(updates) == 0:
             return text
+        count = f"{int(updates)} update{'s' if int(updates) != 1 else ''}"
         try:
-            value = self.compute()
+            with warnings.catch_warnings():  # a repr shows; compute() is where warnings belong
+                warnings.simplefilter("ignore")
+                value = self.compute()
         except (ValueError, TypeError):
-            return f"{text}  # {int(self.num_updates)} updates"
-        return f"{text}  # {int(self.num_updates)} updates → {_short(value)}"
+            return f"{text}  # {count}"
+        return f"{text}  # {count} → {_short(value)}"
 
     # -- subclass hooks ----------------------------------------------------------------------------
 

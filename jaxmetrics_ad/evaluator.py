@@ -331,7 +331,14 @@ class Evaluator:
             stage = used[0] if used else STAGES[0]
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
-        return STAGES.index(stage)
+        index = STAGES.index(stage)
+        if not self._stages[index] and self.stages:
+            raise ValueError(
+                f"stage={stage!r} holds no metrics in this Evaluator (its metrics are in "
+                f"{list(self.stages)}; Evaluator([...]) puts them in 'val', "
+                "Evaluator(test_metrics=[...]) in 'test')"
+            )
+        return index
 
     def _replace_stage(self, index: int, metrics: tuple[Metric, ...]):
         return tuple(metrics if i == index else ms for i, ms in enumerate(self._stages))

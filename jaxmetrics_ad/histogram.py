@@ -131,7 +131,7 @@ class ScoreHistogram(struct.PyTreeNode):
         num_bins = self.num_bins
         flat = jnp.where(kept, channels * num_bins + bins, self.num_channels * num_bins)
         batch_counts = (
-            jnp.zeros(self.num_channels * num_bins, jnp.int32).at[flat].add(1, mode="drop")
+            jnp.zeros(self.num_channels * num_bins, jnp.uint32).at[flat].add(1, mode="drop")
         )
         counts = grown.counts.add(batch_counts.reshape(self.num_channels, num_bins))
         new_weights = grown.weights

@@ -271,3 +271,17 @@ def test_binned_pr_curve_rows_with_invalid_samples_are_nan_under_vmap():
     precision, recall, _ = curve(scores, labels)
     assert precision[0].tolist() == [1.0] and recall[0].tolist() == [1.0]
     assert np.isnan(precision[1]).all() and np.isnan(recall[1]).all()
+
+
+# -- a new user's surprises ------------------------------------------------------------------------
+
+
+def test_repr_counts_one_update_in_the_singular():
+    text = repr(jm.AUROC().update([0.1, 0.9], [0, 1]))
+    assert "# 1 update →" in text and "updates" not in text
+
+
+def test_updating_a_stage_without_metrics_raises_instead_of_doing_nothing():
+    evaluator = jm.Evaluator([jm.AUROC()])  # the val stage
+    with pytest.raises(ValueError, match=r"stage='test' holds no metrics.*'val'"):
+        evaluator.update({"pred_score": [0.1, 0.9], "gt_label": [0, 1]}, stage="test")
