@@ -27,15 +27,18 @@ folded with its merge (for clu metrics, clu's own ``reduce``, which keeps e.g. `
 cross-device averaging), which is always right but holds one state per device for a moment.
 ``additive=None`` (the default) picks True for the metrics known to add (clu's ``Average``,
 ``Accuracy`` and ``Std``, nnx's ``Average`` and ``Accuracy``) and False otherwise: pass
-``additive=True`` for other counting metrics (e.g. metrax's ``Precision``/``Recall``/``MSE``, whose
-states are sums and counts).
+``additive=True`` for other counting metrics (e.g. metrax's ``Precision`` and ``Recall``, whose
+states are sums of true/false positive counts).
 
 Limits: the wrapped ``update`` and ``compute`` must be jit-able (the metric is updated and computed
 under ``jax.jit`` even when called eagerly); a state that grows (clu's ``CollectingMetric``)
-recompiles at every update. Unlike our own metrics, a wrapped one does not check its inputs'
-values: NaN scores give whatever the wrapped metric gives (``num_invalid`` stays 0). An nnx metric
-other than ``Average``, ``Accuracy`` and ``Welford`` has no known merge: pass ``merge=`` (a
-function of two pure-dict states) to merge it or reduce it across devices.
+recompiles at every update. A clu state starts from ``cls.empty()`` and every batch is merged
+into it, so a metric whose ``empty()`` does not merge with a batch's state (metrax's ``AUCPR`` and
+``AUCROC`` keep ``num_thresholds`` as an array leaf that ``empty()`` sets to 0) is not supported.
+Unlike our own metrics, a wrapped one does not check its inputs' values: NaN scores give whatever
+the wrapped metric gives (``num_invalid`` stays 0). An nnx metric other than ``Average``,
+``Accuracy`` and ``Welford`` has no known merge: pass ``merge=`` (a function of two pure-dict
+states) to merge it or reduce it across devices.
 
 Example:
     >>> import jax, jax.numpy as jnp, jaxmetrics_ad as jm

@@ -52,7 +52,7 @@ class Precision(clu.metrics.Metric):
         return cls(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
     @classmethod
-    def from_model_output(cls, predictions, labels, threshold: float = 0.5, **_) -> Precision:
+    def from_model_output(cls, predictions, labels, threshold: float = 0.5) -> Precision:
         predicted = (predictions >= threshold).astype(jnp.float32)
         return cls(jnp.sum(predicted * labels), jnp.sum(predicted))
 
