@@ -322,7 +322,7 @@ class Metric:
             if not self._check_readable():
                 return None
             self._check_state()
-        if traced or self._state_grows():
+        if traced or self._state_grows() or self._computes_on_host():
             value = self._compute_checked()
         else:
             value = _jitted_compute(self)
@@ -350,6 +350,7 @@ class Metric:
         if bound_reader is None or getattr(self, "is_exact", True):
             return
         bound = np.max(np.asarray(bound_reader(), np.float64), initial=0.0)
+        bound = 0.0 if np.isnan(bound) else bound
         if bound > LOOSE_BOUND:
             warnings.warn(
                 f"{self.name}: the binned value may be off by up to {bound:.3g} (certified bound): "
@@ -359,8 +360,20 @@ class Metric:
                 stacklevel=3,
             )
 
+    def _computes_on_host(self) -> bool:
+        """True when an eager compute reads the state with numpy instead of a jitted program.
+
+        Reading a small state (a histogram of a few thousand bins) takes microseconds in numpy,
+        while compiling the same reader with XLA takes most of a second per metric: cold
+        evaluations are dominated by such compiles.
+        """
+        return False
+
     def _compute_checked(self) -> Any:
         value = self._compute()
+        if not is_traced(*jax.tree_util.tree_leaves(self)):
+            # eagerly an invalid state has raised already; numpy results become jax arrays
+            return jax.tree_util.tree_map(_as_jax, value)
         return jax.tree_util.tree_map(self._poison_if_invalid, value)
 
     def _poison_if_invalid(self, value: jax.Array) -> jax.Array:
@@ -441,6 +454,13 @@ class Metric:
 @jax.jit
 def _jitted_update(metric: Metric, *arrays: jax.Array) -> Metric:
     return metric._update_unchecked(*arrays)
+
+
+def _as_jax(value: Any) -> Any:
+    """A numpy result as a jax array (float64 becomes float32 without x64); others unchanged."""
+    if isinstance(value, (np.ndarray, np.generic, float)) and not isinstance(value, bool):
+        return jnp.asarray(value)
+    return value
 
 
 @jax.jit

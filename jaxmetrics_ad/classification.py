@@ -175,7 +175,10 @@ class ScoreCurveMetric(Metric):
     def threshold_counts(self, at: str = "positives") -> ThresholdCounts:
         """The counts every reader uses: numpy float64 (exact, eager only) or jax float32 (binned)."""
         if not self.is_exact:
-            thresholds, counts, _ = self.state.cumulative()
+            if is_traced(*jax.tree_util.tree_leaves(self.state)):
+                thresholds, counts, _ = self.state.cumulative()
+            else:  # numpy, float64: no compile (see Metric._computes_on_host)
+                thresholds, counts, _ = self.state.cumulative_on_host()
             return counts_from_cumulative(thresholds, counts[1], counts[0])
         if is_traced(*jax.tree_util.tree_leaves(self.state)):
             raise TypeError(
@@ -206,6 +209,9 @@ class ScoreCurveMetric(Metric):
         value = on_host(host, jax.ShapeDtypeStruct((), jnp.float32), scores, channels)
         return jnp.where(self.state.overflowed(), jnp.nan, value)
 
+    def _computes_on_host(self) -> bool:
+        return True
+
     def _best_f1(self, index: int) -> jax.Array:
         """Entry ``index`` of (F1 maximum, lowest threshold attaining it), read from the state.
 
@@ -226,7 +232,9 @@ class ScoreCurveMetric(Metric):
             _, channels = self._host_samples()
             positives, negatives = int(np.sum(channels == 1)), int(np.sum(channels == 0))
         else:
-            negatives, positives = (float(t) for t in self.state.counts.as_float().sum(axis=1))
+            negatives, positives = (float(t) for t in np.asarray(self.state.counts.lo).sum(axis=1))
+            positives += float(np.asarray(self.state.counts.hi)[1].sum())
+            negatives += float(np.asarray(self.state.counts.hi)[0].sum())
         _warn_one_class(self.name, positives, negatives, self.one_class_consequence)
 
 
@@ -273,9 +281,17 @@ class AUROC(ScoreCurveMetric):
         """
         if self.is_exact:
             return jnp.zeros((), jnp.float32)
-        negatives, positives = self.state.counts.as_float()
-        tied = jnp.sum(positives * negatives)
-        return 0.5 * tied / (jnp.sum(positives) * jnp.sum(negatives))
+        if is_traced(*jax.tree_util.tree_leaves(self.state)):
+            negatives, positives = self.state.counts.as_float()
+            tied = jnp.sum(positives * negatives)
+            return 0.5 * tied / (jnp.sum(positives) * jnp.sum(negatives))
+        counts = np.asarray(self.state.counts.hi, np.float64) * 2.0**32 + np.asarray(
+            self.state.counts.lo, np.float64
+        )
+        negatives, positives = counts
+        with np.errstate(invalid="ignore", divide="ignore"):
+            bound = 0.5 * np.sum(positives * negatives) / (positives.sum() * negatives.sum())
+        return jnp.asarray(bound, jnp.float32)
 
 
 class AUPR(ScoreCurveMetric):

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.counts import WideCount
@@ -193,6 +194,34 @@ class ScoreHistogram(struct.PyTreeNode):
         counts = jnp.cumsum(self.counts.as_float()[:, ::-1], axis=-1)
         weights = jnp.cumsum(self.weights[:, ::-1], axis=-1)
         return self.lower_edges()[::-1], counts, weights
+
+    def cumulative_on_host(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`cumulative` computed with numpy in float64 (eager only; exact counts to 2**53).
+
+        The thresholds are the same float32 values as :meth:`cumulative`'s.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> h = ScoreHistogram.auto(num_bins=8, num_channels=2)
+            >>> h = h.add(jnp.array([0.1, 0.4, 0.35, 0.8]), jnp.array([0, 0, 1, 1]))
+            >>> thresholds, counts, _ = h.cumulative_on_host()
+            >>> counts[:, -1].tolist(), counts.dtype
+            ([2.0, 2.0], dtype('float64'))
+        """
+        counts = np.asarray(self.counts.hi, np.float64) * 2.0**32 + np.asarray(
+            self.counts.lo, np.float64
+        )
+        weights = np.asarray(self.weights, np.float64)
+        if self.edges is not None:
+            edges = np.concatenate([[-np.inf], np.asarray(self.edges, np.float32)])
+        else:
+            index = int(self.offset) + np.arange(self.num_bins, dtype=np.int64)
+            edges = np.ldexp(index.astype(np.float32), int(self.exponent))
+        return (
+            edges.astype(np.float32)[::-1],
+            np.cumsum(counts[:, ::-1], axis=-1),
+            np.cumsum(weights[:, ::-1], axis=-1),
+        )
 
     def _bin_index(self, scores: jax.Array) -> jax.Array:
         if self.edges is not None:
