@@ -33,12 +33,15 @@ pixels instead:
    ``scipy.ndimage.label(mask, structure=np.ones((3, 3)))``; one gather writes labels back to pixels.
 
 Empty masks (most images in anomaly detection) contribute no runs, so they cost only the bitwise
-passes and a write of zeros, never union-find work. When a batch has more runs than the default
-capacity (one run per image row on average, far above typical ground truth), an exact fallback with
-the worst-case capacity of ``ceil(W / 2)`` runs per row runs instead; its cost follows that
-worst case. Measured on this project's 2-core CPU (``benchmarks/bench_regions.py``): ~160 Mpx/s on 200
-masks of 256×256 (61% empty), on par with ``scipy.ndimage.label`` looping over them; ~4 Mpx/s on
-batches of 1-px spirals (fallback path, ~30× slower than scipy).
+passes and a write of zeros, never union-find work. Steps 2–4 run in a ``while_loop`` over windows of
+whole images holding at most ``max(N·H, H·ceil(W / 2))`` runs (one run per row of the batch on
+average, far above typical ground truth, or the most one image can hold): a typical batch is one
+window, a dense one as many as it needs, each exact, and there is a single compiled path per shape
+(a second, worst-case path inside a ``lax.cond`` used to double the compile time). Measured on this
+project's 2-core CPU, loaded: compiling it took ~0.55–0.6 s per batch shape (~1 s of CPU time over
+XLA's two threads) where the two-path version took ~1.05 s (~1.8 s CPU); labelling runs at
+~330 Mpx/s on 200 masks of 256×256 (61% empty, ``benchmarks/bench_regions.py``'s workload), ~240
+Mpx/s in batches of 32.
 
 Region sizes, e.g. for PRO's ``1/|region|`` weights, follow from one mask's labels with a segment
 sum (``vmap`` it over a batch)::
@@ -165,26 +168,127 @@ def _scipy_labels(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 @jax.jit
 def _label_batch(masks: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Labels, region counts and union-find rounds for boolean masks (N, H, W).
+    """Labels, region counts and union-find rounds (the most of any window) for boolean masks.
 
-    Uses a run capacity of one run per row, with an exact fallback for batches that have more.
+    One compiled path for every batch: runs are numbered over the whole batch, then labelled in
+    windows of whole images holding at most ``capacity`` runs (one run per row of the batch, or the
+    most one image can hold if that is more), so a typical batch takes one window and a dense one
+    as many as it needs, each exact.
     """
     num_images, height, width = masks.shape
     if masks.size == 0:
         return jnp.zeros(masks.shape, jnp.int32), jnp.zeros(num_images, jnp.int32), jnp.int32(0)
     words = _pack_rows(masks)
-    starts = words & ~((words << 1) | _shift_words_right(words >> (_WORD_BITS - 1)))
-    start_counts = lax.population_count(starts).astype(jnp.int32).ravel()
-    total_runs = jnp.sum(start_counts)
-    typical_capacity = num_images * height
-    worst_capacity = num_images * height * ((width + 1) // 2)
-    if typical_capacity >= worst_capacity:
-        return _label_runs(masks, words, starts, worst_capacity)
-    return lax.cond(
-        total_runs <= typical_capacity,
-        lambda: _label_runs(masks, words, starts, typical_capacity),
-        lambda: _label_runs(masks, words, starts, worst_capacity),
+    words_per_row = words.shape[-1]
+    carry_in = _shift_words_right(words >> (_WORD_BITS - 1))
+    next_low_bit = jnp.pad(words, ((0, 0), (0, 0), (0, 1)))[..., 1:] & 1
+    starts = (words & ~((words << 1) | carry_in)).ravel()
+    ends = (words & ~((words >> 1) | (next_low_bit << (_WORD_BITS - 1)))).ravel()
+    num_words = starts.size
+    # Runs started before a word minus the one (if any) still open at its first bit: ends before it.
+    open_run = (carry_in & words & 1).astype(jnp.int32).ravel()
+    start_counts = lax.population_count(starts).astype(jnp.int32)
+    end_counts = lax.population_count(ends).astype(jnp.int32)
+    starts_through_word = jnp.cumsum(start_counts)
+    starts_before_word = starts_through_word - start_counts
+    ends_before_word = starts_before_word - open_run
+    total_runs = starts_through_word[-1]
+    # image_bounds[n]: runs before image n; image_bounds[N]: all runs
+    image_bounds = jnp.append(starts_before_word[:: height * words_per_row], total_runs)
+
+    image_capacity = height * ((width + 1) // 2)  # 1010...1 in every row
+    capacity = max(num_images * height, image_capacity)
+    worst_total = num_images * image_capacity
+    # One search finds start and end words: end keys and queries sit above every start key/query.
+    offset = worst_total + capacity
+    keys = jnp.concatenate([starts_through_word, ends_before_word + end_counts + offset])
+    local = jnp.arange(capacity, dtype=jnp.int32)
+    images = jnp.arange(num_images, dtype=jnp.int32)
+
+    def label_window(state):
+        first_image, run_labels, num_regions, rounds = state
+        first = image_bounds[first_image]
+        stop_image = jnp.sum(image_bounds[1:] <= first + capacity).astype(jnp.int32)
+        stop = image_bounds[stop_image]
+        run = first + local
+        is_run = run < stop
+        # Run r starts (ends) at the r-th set bit of the start (end) bitmap in raster order; its
+        # start and end share one row because runs never wrap.
+        found = jnp.searchsorted(keys, jnp.concatenate([run, run + offset]), side="right")
+        start_word = jnp.minimum(found[:capacity], num_words - 1).astype(jnp.int32)
+        end_word = jnp.clip(found[capacity:] - num_words, 0, num_words - 1).astype(jnp.int32)
+        row = start_word // words_per_row
+        first_column = (start_word % words_per_row) * _WORD_BITS + _select_bit(
+            starts[start_word], run - starts_before_word[start_word]
+        )
+        last_column = (end_word % words_per_row) * _WORD_BITS + _select_bit(
+            ends[end_word], run - ends_before_word[end_word]
+        )
+
+        def leftmost_touching_run(neighbour_row: jax.Array, row_exists: jax.Array) -> jax.Array:
+            # The first run of that row ending at or after column first-1 is the leftmost candidate;
+            # it touches when it also starts at or before column last+1. A candidate outside the
+            # window (``>= stop``) is in another image: it must fail the test itself, not through a
+            # clipped index that names another run.
+            from_column = jnp.maximum(first_column - 1, 0)
+            word = neighbour_row * words_per_row + from_column // _WORD_BITS
+            word = jnp.clip(word, 0, num_words - 1)
+            candidate = ends_before_word[word] + _count_bits_below(
+                ends[word], from_column % _WORD_BITS
+            )
+            index = jnp.clip(candidate - first, 0, capacity - 1)
+            touches = (
+                is_run
+                & row_exists
+                & (candidate < stop)
+                & (row[index] == neighbour_row)
+                & (first_column[index] <= last_column + 1)
+            )
+            return jnp.where(touches, index, local)
+
+        row_in_image = row % height
+        above = leftmost_touching_run(row - 1, row_in_image > 0)
+        below = leftmost_touching_run(row + 1, row_in_image < height - 1)
+        parent, window_rounds = _union_find(local, above, below)
+
+        # Every run now points at its region's first run; number roots per image in raster order.
+        is_root = is_run & (parent == local)
+        roots_up_to = jnp.concatenate(
+            [jnp.zeros(1, jnp.int32), jnp.cumsum(is_root, dtype=jnp.int32)]
+        )
+        roots_at_bound = roots_up_to[jnp.clip(image_bounds - first, 0, capacity)]
+        image = jnp.clip(row // height, 0, num_images - 1)
+        label = roots_up_to[parent + 1] - roots_at_bound[image]
+        in_window = (images >= first_image) & (images < stop_image)
+        num_regions = jnp.where(in_window, roots_at_bound[1:] - roots_at_bound[:-1], num_regions)
+        # Slots past ``stop`` get junk that the next window overwrites (it starts at ``stop``).
+        run_labels = lax.dynamic_update_slice(run_labels, label, (first,))
+        return stop_image, run_labels, num_regions, jnp.maximum(rounds, window_rounds)
+
+    def runs_left(state):
+        first_image = state[0]
+        return image_bounds[jnp.minimum(first_image, num_images)] < total_runs
+
+    initial = (
+        jnp.int32(0),
+        jnp.zeros(worst_total + capacity, jnp.int32),  # room for a whole window past any start
+        jnp.zeros(num_images, jnp.int32),
+        jnp.int32(0),
     )
+    _, run_labels, num_regions, rounds = lax.while_loop(runs_left, label_window, initial)
+
+    # Pixel (word w, bit b) belongs to run starts_before_word[w] + (starts at bits <= b) - 1.
+    start_words = starts.reshape(words.shape)[..., None]
+    pixel_run = (
+        starts_before_word.reshape(words.shape)[..., None]
+        + _count_bits_below(start_words, _BIT_POSITIONS)
+        + ((start_words >> _BIT_POSITIONS) & 1).astype(jnp.int32)
+        - 1
+    )
+    is_foreground = ((words[..., None] >> _BIT_POSITIONS) & 1) == 1
+    pixel_label = run_labels[jnp.clip(pixel_run, 0, run_labels.size - 1)]
+    labels = jnp.where(is_foreground, pixel_label, 0).reshape(num_images, height, -1)
+    return labels[..., :width], num_regions, rounds
 
 
 def _pack_rows(masks: jax.Array) -> jax.Array:
@@ -219,89 +323,6 @@ def _count_bits_below(words: jax.Array, bit: jax.Array) -> jax.Array:
     return lax.population_count(words & below).astype(jnp.int32)
 
 
-def _label_runs(
-    masks: jax.Array, words: jax.Array, starts: jax.Array, capacity: int
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Run-based labelling with room for ``capacity`` runs (the caller checks that they fit)."""
-    num_images, height, width = masks.shape
-    words_per_row = words.shape[-1]
-    ends = words & ~((words >> 1) | (jnp.pad(words, ((0, 0), (0, 0), (0, 1)))[..., 1:] << 31))
-    flat_starts, flat_ends = starts.ravel(), ends.ravel()
-    start_counts = lax.population_count(flat_starts).astype(jnp.int32)
-    end_counts = lax.population_count(flat_ends).astype(jnp.int32)
-    starts_before_word = jnp.cumsum(start_counts) - start_counts
-    ends_before_word = jnp.cumsum(end_counts) - end_counts
-    total_runs = starts_before_word[-1] + start_counts[-1]
-
-    # Run r starts (and ends) at the r-th set bit of the batch's start (end) bitmap in raster order;
-    # its start and end share one row because runs never wrap.
-    run_index = jnp.arange(capacity, dtype=jnp.int32)
-    is_run = run_index < total_runs
-    start_word = jnp.searchsorted(starts_before_word + start_counts, run_index, side="right")
-    end_word = jnp.searchsorted(ends_before_word + end_counts, run_index, side="right")
-    start_word = jnp.minimum(start_word, flat_starts.size - 1).astype(jnp.int32)
-    end_word = jnp.minimum(end_word, flat_ends.size - 1).astype(jnp.int32)
-    row = start_word // words_per_row
-    first_column = (start_word % words_per_row) * _WORD_BITS + _select_bit(
-        flat_starts[start_word], run_index - starts_before_word[start_word]
-    )
-    last_column = (end_word % words_per_row) * _WORD_BITS + _select_bit(
-        flat_ends[end_word], run_index - ends_before_word[end_word]
-    )
-
-    def leftmost_touching_run(neighbour_row: jax.Array, row_exists: jax.Array) -> jax.Array:
-        # The first run of that row ending at or after column first-1 is the leftmost candidate;
-        # it touches when it also starts at or before column last+1.
-        from_column = jnp.maximum(first_column - 1, 0)
-        word = neighbour_row * words_per_row + from_column // _WORD_BITS
-        word = jnp.clip(word, 0, flat_ends.size - 1)
-        candidate = ends_before_word[word] + _count_bits_below(
-            flat_ends[word], from_column % _WORD_BITS
-        )
-        # ``candidate == total_runs`` means "no run ends there or later": it must fail the test
-        # itself, not through a clipped index that names the batch's last run instead.
-        exists = candidate < total_runs
-        index = jnp.clip(candidate, 0, capacity - 1)
-        touches = (
-            is_run
-            & row_exists
-            & exists
-            & (row[index] == neighbour_row)
-            & (first_column[index] <= last_column + 1)
-        )
-        return jnp.where(touches, index, run_index)
-
-    row_in_image = row % height
-    above = leftmost_touching_run(row - 1, row_in_image > 0)
-    below = leftmost_touching_run(row + 1, row_in_image < height - 1)
-    parent, rounds = _union_find(run_index, above, below)
-
-    # Every run now points at its region's first run; number roots per image in raster order.
-    is_root = is_run & (parent == run_index)
-    roots_up_to = jnp.concatenate([jnp.zeros(1, jnp.int32), jnp.cumsum(is_root, dtype=jnp.int32)])
-    runs_per_image = start_counts.reshape(num_images, -1).sum(axis=1)
-    runs_up_to_image = jnp.cumsum(runs_per_image, dtype=jnp.int32)
-    runs_before_image = runs_up_to_image - runs_per_image
-    roots_before_image = roots_up_to[runs_before_image]
-    num_regions = roots_up_to[runs_up_to_image] - roots_before_image
-    run_label = roots_up_to[parent + 1] - roots_before_image[row // height]
-
-    # One image at a time, so that empty images only write zeros and XLA cannot fuse the run-label
-    # gathers above into this per-pixel pass (it would redo them for every pixel).
-    def label_pixels(image):
-        image_words, image_starts, image_starts_before_word = image
-        return lax.cond(
-            jnp.any(image_words != 0),
-            lambda: _pixel_labels(
-                image_words, image_starts, image_starts_before_word, run_label, width
-            ),
-            lambda: jnp.zeros((height, width), jnp.int32),
-        )
-
-    labels = lax.map(label_pixels, (words, starts, starts_before_word.reshape(words.shape)))
-    return labels, num_regions, rounds
-
-
 def _union_find(
     nodes: jax.Array, above: jax.Array, below: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
@@ -329,24 +350,3 @@ def _union_find(
         lambda state: state[1], one_round, (nodes, jnp.array(True), jnp.array(0, jnp.int32))
     )
     return parent, rounds
-
-
-def _pixel_labels(
-    words: jax.Array,
-    starts: jax.Array,
-    starts_before_word: jax.Array,
-    run_label: jax.Array,
-    width: int,
-) -> jax.Array:
-    """Label of each pixel of one packed image (H, words per row) from the labels of its runs."""
-    # Pixel (word w, bit b) belongs to run starts_before_word[w] + (starts at bits <= b) - 1.
-    bits = _BIT_POSITIONS
-    pixel_run = (
-        starts_before_word[..., None]
-        + _count_bits_below(starts[..., None], bits)
-        + ((starts[..., None] >> bits) & 1).astype(jnp.int32)
-        - 1
-    )
-    is_foreground = ((words[..., None] >> bits) & 1) == 1
-    labels = jnp.where(is_foreground, run_label[jnp.clip(pixel_run, 0, run_label.size - 1)], 0)
-    return labels.reshape(words.shape[0], -1)[:, :width]
