@@ -8,6 +8,7 @@ Example:
 
 from jaxmetrics_ad.adapters import MetricFunctions, wrap_metric
 from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.bootstrap import Bootstrap, BootstrapResult
 from jaxmetrics_ad.classification import (
     AUPR,
     AUROC,
@@ -19,7 +20,8 @@ from jaxmetrics_ad.classification import (
     ScoreCurveMetric,
     binned_pr_curve,
 )
-from jaxmetrics_ad.evaluator import Evaluator
+from jaxmetrics_ad.comparison import Comparison, compare_per_image
+from jaxmetrics_ad.evaluator import Evaluator, pad_batch
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
 from jaxmetrics_ad.presorting import PBn, PGn
@@ -37,6 +39,9 @@ __all__ = [
     "AUPIMOResult",
     "AnomalyScoreDistribution",
     "BinaryPrecisionRecallCurve",
+    "Bootstrap",
+    "BootstrapResult",
+    "Comparison",
     "Evaluator",
     "F1AdaptiveThreshold",
     "F1Max",
@@ -51,5 +56,7 @@ __all__ = [
     "ScoreCurveMetric",
     "ScoreHistogram",
     "binned_pr_curve",
+    "compare_per_image",
+    "pad_batch",
     "wrap_metric",
 ]

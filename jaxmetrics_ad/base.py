@@ -127,6 +127,8 @@ class Metric:
 
     default_fields: ClassVar[tuple[str, ...]] = ("pred_score", "gt_label")
     requires_data: ClassVar[bool] = True
+    masks_samples: ClassVar[bool] = False
+    """Whether ``update(..., valid=...)`` can leave out padded images."""
     reader_config: ClassVar[tuple[str, ...]] = ()
     """Configuration entries that only change how the state is read (e.g. PGn's ``fnr``): an
     Evaluator shares one state between metrics that differ only there (and in ``prefix``)."""
@@ -243,20 +245,54 @@ class Metric:
             num_invalid=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, *inputs: Any) -> Metric:
-        """The metric with one more batch; inputs in the order of ``fields``. Pure and jit-able."""
+    def update(self, *inputs: Any, valid: Any = None) -> Metric:
+        """The metric with one more batch; inputs in the order of ``fields``. Pure and jit-able.
+
+        ``valid`` (bool, one entry per image: the first axis of the inputs) leaves out the images
+        where it is False, e.g. the padding that brings a ragged last batch to the shape a jitted
+        step was compiled for (:func:`jaxmetrics_ad.evaluator.pad_batch`). Padded images must still
+        hold valid values (zeros do). Metrics with ``masks_samples = False`` do not take it.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> m = jm.AUROC().update([0.1, 0.9, 0.0], [0, 1, 1], valid=[True, True, False])
+            >>> float(m.compute())
+            1.0
+        """
         if len(inputs) != len(self.fields):
             raise TypeError(
                 f"{self.name}.update takes {len(self.fields)} arrays {self.fields}, got {len(inputs)}"
             )
         arrays = [as_array(x, field) for x, field in zip(inputs, self.fields)]
-        self._check_inputs(*arrays)
-        if is_traced(*arrays, *jax.tree_util.tree_leaves(self)) or self._state_grows():
-            return self._update_unchecked(*arrays)
-        return _jitted_update(self, *arrays)
+        valid = self._checked_valid(valid, arrays)
+        if valid is None or is_traced(valid, *arrays):
+            self._check_inputs(*arrays)
+        else:  # eager checks see the images that count, not the padding
+            rows = np.asarray(valid)
+            self._check_inputs(*(jnp.asarray(np.asarray(a)[rows]) for a in arrays))
+        if is_traced(*arrays, valid, *jax.tree_util.tree_leaves(self)) or self._state_grows():
+            return self._update_unchecked(*arrays, valid=valid)
+        return _jitted_update(self, arrays, valid)
 
-    def _update_unchecked(self, *arrays: jax.Array) -> Metric:
-        state, num_invalid = self._update_state(*arrays)
+    def _checked_valid(self, valid: Any, arrays: Sequence[jax.Array]) -> jax.Array | None:
+        if valid is None:
+            return None
+        if not self.masks_samples:
+            raise TypeError(f"{self.name}: this metric cannot leave out images (valid=...)")
+        valid = as_array(valid, "valid")
+        images = arrays[0].shape[:1]
+        if valid.dtype != jnp.bool_ or valid.shape != images:
+            raise ValueError(
+                f"valid: expected a bool array of shape {images} (one entry per image), got "
+                f"{valid.dtype} {valid.shape}"
+            )
+        return valid
+
+    def _update_unchecked(self, *arrays: jax.Array, valid: jax.Array | None = None) -> Metric:
+        if valid is None:
+            state, num_invalid = self._update_state(*arrays)
+        else:
+            state, num_invalid = self._update_state(*arrays, valid=valid)
         return self._replace(
             state=state,
             num_updates=self.num_updates + 1,
@@ -267,7 +303,7 @@ class Metric:
         # A state whose shapes change between updates would recompile at every jitted call.
         return getattr(self.state, "grows", False)
 
-    def update_from(self, batch: Any) -> Metric:
+    def update_from(self, batch: Any, valid: Any = None) -> Metric:
         """``update`` with the metric's ``fields`` read from a Mapping or an object's attributes.
 
         A missing field raises ValueError naming it (``strict=True``) or skips the batch.
@@ -287,7 +323,7 @@ class Metric:
                 f"{self.name}: the batch has no field {missing[0]!r} (this metric reads "
                 f"{list(self.fields)}; the batch has {available_fields(batch)})"
             )
-        return self.update(*values)
+        return self.update(*values, valid=valid)
 
     def merge(self, other: Metric) -> Metric:
         """The metric over the data of both. Pure and jit-able."""
@@ -452,8 +488,8 @@ class Metric:
 
 
 @jax.jit
-def _jitted_update(metric: Metric, *arrays: jax.Array) -> Metric:
-    return metric._update_unchecked(*arrays)
+def _jitted_update(metric: Metric, arrays: Sequence[jax.Array], valid: jax.Array | None) -> Metric:
+    return metric._update_unchecked(*arrays, valid=valid)
 
 
 def _as_jax(value: Any) -> Any:

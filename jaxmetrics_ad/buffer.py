@@ -176,9 +176,10 @@ class FixedBuffer(struct.PyTreeNode):
     def add(
         self, scores: jax.Array, channels: jax.Array, weights: jax.Array | None = None
     ) -> FixedBuffer:
-        """Writes a batch after the samples already held."""
+        """Writes a batch's samples after those already held; left-out ones (channel -1: padding,
+        invalid input) take no slot."""
         batch = _as_batch(scores, channels, weights, self.weights.shape[0])
-        return self._append(*batch, live=batch[0].shape[0])
+        return self._append(*batch, live=batch[0].shape[0], compact=True)
 
     def merge(self, other: FixedBuffer) -> FixedBuffer:
         """This buffer with the other's samples written after its own."""
@@ -219,10 +220,18 @@ class FixedBuffer(struct.PyTreeNode):
                 f"{self.capacity}; pass a larger capacity or use binned thresholds=<int>"
             )
 
-    def _append(self, scores, channels, weights, live) -> FixedBuffer:
-        self.check_room(live)
+    def _append(self, scores, channels, weights, live, compact: bool = False) -> FixedBuffer:
         position = jnp.arange(scores.shape[0], dtype=jnp.int32)
-        slots = jnp.where(position < live, self.count + position, self.capacity)
+        if compact:
+            kept = channels >= 0
+            live = jnp.sum(kept, dtype=jnp.int32)
+            self.check_room(live)
+            slots = jnp.where(
+                kept, self.count + jnp.cumsum(kept, dtype=jnp.int32) - 1, self.capacity
+            )
+        else:
+            self.check_room(live)
+            slots = jnp.where(position < live, self.count + position, self.capacity)
         return self.replace(
             scores=self.scores.at[slots].set(scores, mode="drop"),
             channels=self.channels.at[slots].set(channels, mode="drop"),

@@ -48,6 +48,7 @@ from jaxmetrics_ad.validation import (
     check_finite,
     check_same_shape,
     is_traced,
+    per_sample,
 )
 
 DEFAULT_NUM_BINS = 16384
@@ -127,6 +128,7 @@ class ScoreCurveMetric(Metric):
     """
 
     one_class_consequence: ClassVar[str] = "the value is undefined"
+    masks_samples = True
 
     def __init__(
         self,
@@ -167,8 +169,8 @@ class ScoreCurveMetric(Metric):
         if isinstance(self.state, FixedBuffer):
             self.state.check_room(preds.size)
 
-    def _update_state(self, preds: jax.Array, target: jax.Array):
-        channel, num_invalid = binary_channel(preds, target)
+    def _update_state(self, preds: jax.Array, target: jax.Array, valid: jax.Array | None = None):
+        channel, num_invalid = binary_channel(preds, target, per_sample(valid, preds.shape))
         return self.state.add(preds, channel), num_invalid
 
     @state_reader
@@ -431,6 +433,7 @@ class F1Score(Metric):
     """
 
     default_fields = ("pred_label", "gt_label")
+    masks_samples = True
 
     def __init__(
         self,
@@ -458,14 +461,16 @@ class F1Score(Metric):
         else:
             check_binary(preds, preds_field)
 
-    def _update_state(self, preds: jax.Array, target: jax.Array):
+    def _update_state(self, preds: jax.Array, target: jax.Array, valid: jax.Array | None = None):
+        keep = per_sample(valid, preds.shape)
+        keep = jnp.ones(preds.shape, bool) if keep is None else keep
         if jnp.issubdtype(preds.dtype, jnp.floating):
             predicted = preds > self.threshold
             valid_preds = jnp.isfinite(preds)
         else:
             predicted = preds == 1
             valid_preds = (preds == 0) | (preds == 1)
-        valid = valid_preds & ((target == 0) | (target == 1))
+        valid = valid_preds & ((target == 0) | (target == 1)) & keep
         actual = target == 1
         counts = jnp.stack(
             [
@@ -474,7 +479,7 @@ class F1Score(Metric):
                 jnp.sum(valid & ~predicted & actual),
             ]
         ).astype(jnp.int32)
-        return self.state.add(counts), jnp.sum(~valid).astype(jnp.int32)
+        return self.state.add(counts), jnp.sum(~valid & keep).astype(jnp.int32)
 
     def _compute(self) -> jax.Array:
         true_pos, false_pos, false_neg = self.state.as_float()

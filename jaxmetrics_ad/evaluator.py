@@ -14,16 +14,18 @@ computed once per batch (and, in exact mode, the samples are kept once) and hand
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.base import Metric, read_field
 from jaxmetrics_ad.classification import AUROC, DEFAULT_NUM_BINS, F1Score
-from jaxmetrics_ad.validation import is_traced
+from jaxmetrics_ad.validation import as_array, clean_bool, is_traced
 
 STAGES = ("val", "test")
 """Stage names, in the order of the constructor's arguments (anomalib's)."""
@@ -144,16 +146,23 @@ class Evaluator:
 
     # -- pytree plumbing -------------------------------------------------------------------------
 
-    def _set(self, stages: tuple[tuple[Metric, ...], ...], plan: tuple[tuple[int, ...], ...]):
+    def _set(
+        self,
+        stages: tuple[tuple[Metric, ...], ...],
+        plan: tuple[tuple[int, ...], ...],
+        pad_to: int = 0,
+    ):
         object.__setattr__(self, "_stages", stages)
         object.__setattr__(self, "_plan", plan)
+        # the largest eager batch so far: smaller ones are padded to it (not part of the pytree)
+        object.__setattr__(self, "_pad_to", pad_to)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Evaluator is immutable; update() returns a new evaluator")
 
     def _with(self, stages: tuple[tuple[Metric, ...], ...]) -> Evaluator:
         evaluator = object.__new__(Evaluator)
-        evaluator._set(stages, self._plan)
+        evaluator._set(stages, self._plan, self._pad_to)
         return evaluator
 
     def _flatten_with_keys(self):
@@ -251,16 +260,61 @@ class Evaluator:
         """
         return {m.name: m for m in self._stages[self._stage_index(stage)]}
 
-    def update(self, batch: Any, stage: str | None = None) -> Evaluator:
+    def update(self, batch: Any, stage: str | None = None, *, valid: Any = None) -> Evaluator:
         """The evaluator with one more batch in the metrics of ``stage``. Pure and jit-able.
 
-        ``stage`` may be left out when only one stage holds metrics.
+        ``stage`` may be left out when only one stage holds metrics. ``valid`` (bool, one entry per
+        image) leaves out padded images; see :func:`pad_batch` for jitting a step over a ragged
+        last batch.
+
+        Called eagerly, the whole stage updates in one jitted program (compiled once per batch
+        layout), and a batch smaller than the largest one seen so far is padded to it with
+        left-out images, so a ragged last batch does not compile again. That needs every metric
+        to take ``valid`` and to have a fixed-size state; otherwise each metric updates alone.
         """
         index = self._stage_index(stage)
+        metrics = self._stages[index]
+        if valid is None and self._can_pad(index, batch):
+            return self._padded_update(index, batch)
         updated = _apply_shared(
-            self._stages[index], self._plan[index], lambda m: m.update_from(batch)
+            metrics, self._plan[index], lambda m: m.update_from(batch, valid=valid)
         )
         return self._with(self._replace_stage(index, updated))
+
+    def _can_pad(self, index: int, batch: Any) -> bool:
+        metrics = self._stages[index]
+        leaves = jax.tree_util.tree_leaves(self)
+        return (
+            bool(metrics)
+            and not is_traced(*leaves)
+            and all(m.masks_samples and not m._state_grows() for m in metrics)
+        )
+
+    def _padded_update(self, index: int, batch: Any) -> Evaluator:
+        metrics, plan = self._stages[index], self._plan[index]
+        present, fields = [], {}
+        for position, (metric, leader) in enumerate(zip(metrics, plan)):
+            values = [read_field(batch, field) for field in metric.fields]
+            if any(value is None for value in values):
+                metric.update_from(batch)  # raises for a strict metric, skips otherwise
+                present.append(False)
+                continue
+            present.append(True)
+            arrays = [as_array(value, field) for value, field in zip(values, metric.fields)]
+            if leader == position:
+                metric._check_inputs(*arrays)  # the eager checks, on the batch as given
+            fields.update(zip(metric.fields, arrays))
+        if not fields:
+            return self
+        sizes = {array.shape[0] for array in fields.values() if array.ndim}
+        if len(sizes) != 1:
+            shapes = {field: tuple(array.shape) for field, array in fields.items()}
+            raise ValueError(f"batch fields must share their first (image) axis, got {shapes}")
+        size = max(sizes.pop(), self._pad_to)
+        padded, valid = pad_batch(fields, size)
+        updated = _jitted_stage_update(self, padded, valid, index, tuple(present))
+        object.__setattr__(updated, "_pad_to", size)
+        return updated
 
     def merge(self, other: Evaluator) -> Evaluator:
         """The evaluator over the data of both (every stage). Pure and jit-able."""
@@ -417,3 +471,67 @@ def _apply_shared(
                 )
             )
     return tuple(done)
+
+
+def pad_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, jax.Array], jax.Array]:
+    """``batch`` with every array's first (image) axis padded with zeros to ``size``, and ``valid``.
+
+    Use it to jit an evaluation step once for every batch, the ragged last one included: pass
+    ``valid`` on to :meth:`Evaluator.update` (or :meth:`Metric.update`), which leaves the padded
+    images out. Entries that are not arrays with an image axis are kept as they are.
+
+    Example:
+        >>> import jax, numpy as np, jaxmetrics_ad as jm
+        >>> ev = jm.Evaluator([jm.AUROC(thresholds=64)])
+        >>> step = jax.jit(lambda ev, batch, valid: ev.update(batch, valid=valid))
+        >>> batch, valid = jm.pad_batch({"pred_score": np.array([0.2, 0.8]), "gt_label": np.array([0, 1])}, 4)
+        >>> valid.tolist()
+        [True, True, False, False]
+        >>> float(step(ev, batch, valid).compute()["AUROC"])
+        1.0
+    """
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size: expected a positive int, got {size!r}")
+    padded, count = {}, None
+    for field, value in batch.items():
+        array = value if isinstance(value, jax.Array) else np.asarray(value)
+        if array.ndim == 0 or array.dtype.kind not in "biuf":
+            padded[field] = value
+            continue
+        if count is not None and array.shape[0] != count:
+            raise ValueError(
+                f"{field}: expected {count} images like the other fields, got {array.shape[0]}"
+            )
+        count = array.shape[0]
+        if count > size:
+            raise ValueError(f"{field}: {count} images do not fit in a batch of {size}")
+        widths = [(0, size - count)] + [(0, 0)] * (array.ndim - 1)
+        if size == count:
+            padded[field] = array
+        else:  # on the host: an eager jnp.pad would compile once per field and shape
+            host = np.asarray(clean_bool(array) if isinstance(array, jax.Array) else array)
+            host = host.view(np.uint8) != 0 if host.dtype == bool else host
+            padded[field] = jnp.asarray(np.pad(host, widths))  # as the unpadded batches are
+    valid = np.arange(size) < (count if count is not None else size)
+    return padded, jnp.asarray(valid)
+
+
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _jitted_stage_update(
+    evaluator: Evaluator,
+    fields: dict[str, jax.Array],
+    valid: jax.Array,
+    index: int,
+    present: tuple[bool, ...],
+) -> Evaluator:
+    metrics = evaluator._stages[index]
+    wanted = dict(zip((m.name for m in metrics), present))
+
+    def step(metric: Metric) -> Metric:
+        if not wanted[metric.name]:
+            return metric
+        arrays = (clean_bool(jnp.asarray(fields[f])) for f in metric.fields)
+        return metric._update_unchecked(*arrays, valid=valid)
+
+    updated = _apply_shared(metrics, evaluator._plan[index], step)
+    return evaluator._with(evaluator._replace_stage(index, updated))

@@ -37,7 +37,13 @@ from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.regions import Labeller, check_labeller, connected_components
-from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shape, is_traced
+from jaxmetrics_ad.validation import (
+    check_binary,
+    check_finite,
+    check_same_shape,
+    is_traced,
+    per_sample,
+)
 
 _BACKGROUND, _REGION = 0, 1
 
@@ -199,6 +205,7 @@ class PRO(Metric):
     """
 
     default_fields = ("anomaly_map", "gt_mask")
+    masks_samples = True
 
     def __init__(
         self,
@@ -232,8 +239,8 @@ class PRO(Metric):
         if not jnp.issubdtype(maps.dtype, jnp.floating):
             check_binary(maps, self.fields[0])
 
-    def _update_state(self, maps: jax.Array, target: jax.Array):
-        maps, target = _without_channel(maps), _without_channel(target)
+    def _update_state(self, maps: jax.Array, target: jax.Array, valid: jax.Array | None = None):
+        maps, target = _without_padding(*_without_channels(maps, target), valid)
         regions = _batch_regions(target, self.region_labels, self.labeller)
         maps = jnp.reshape(maps, regions.labels.shape)
         if jnp.issubdtype(maps.dtype, jnp.floating):
@@ -500,6 +507,7 @@ class AUPRO(Metric):
     """
 
     default_fields = ("anomaly_map", "gt_mask")
+    masks_samples = True
 
     def __init__(
         self,
@@ -554,11 +562,14 @@ class AUPRO(Metric):
     def _check_inputs(self, maps: jax.Array, target: jax.Array) -> None:
         _check_image_inputs(maps, target, self.fields, self.region_labels)
 
-    def _update_state(self, maps: jax.Array, target: jax.Array):
-        maps, target = _without_channel(maps), _without_channel(target)
+    def _update_state(self, maps: jax.Array, target: jax.Array, valid: jax.Array | None = None):
+        maps, target = _without_padding(*_without_channels(maps, target), valid)
         scores, channels, weights, num_regions, num_invalid = _pixel_samples(
             maps, target, self.region_labels, self.is_exact, self.labeller
         )
+        if valid is not None:  # padded pixels are neither background nor region
+            keep = jnp.ravel(per_sample(valid, maps.shape))
+            channels = jnp.where(keep, channels, -1)
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
 
@@ -659,6 +670,21 @@ def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:
     if isinstance(buffer, ChunkedBuffer):
         return any(np.any(np.asarray(channels) == _BACKGROUND) for _, channels, _ in buffer.chunks)
     return bool(np.any(np.asarray(buffer.channels) == _BACKGROUND))
+
+
+def _without_channels(maps: jax.Array, target: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return _without_channel(maps), _without_channel(target)
+
+
+def _without_padding(
+    maps: jax.Array, target: jax.Array, valid: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """Maps and targets with the images where ``valid`` is False blanked (no region, score 0)."""
+    if valid is None:
+        return maps, target
+    maps = jnp.where(per_sample(valid, maps.shape), maps, jnp.zeros((), maps.dtype))
+    target = jnp.where(per_sample(valid, target.shape), target, jnp.zeros((), target.dtype))
+    return maps, target
 
 
 @functools.partial(jax.jit, static_argnames=("region_labels", "exact", "labeller"))

@@ -10,7 +10,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.base import Metric
-from jaxmetrics_ad.validation import check_finite, is_traced
+from jaxmetrics_ad.validation import check_finite, is_traced, per_sample
 
 
 class Extrema(struct.PyTreeNode):
@@ -42,6 +42,7 @@ class MinMax(Metric):
 
     default_fields = ("pred_score",)
     requires_data = False
+    masks_samples = True
 
     def __init__(
         self, *, fields: Sequence[str] | None = None, prefix: str = "", strict: bool = True
@@ -54,13 +55,18 @@ class MinMax(Metric):
     def _check_inputs(self, predictions: jax.Array) -> None:
         check_finite(predictions, self.fields[0])
 
-    def _update_state(self, predictions: jax.Array):
+    def _update_state(self, predictions: jax.Array, valid: jax.Array | None = None):
+        keep = per_sample(valid, predictions.shape)
+        keep = jnp.ones(predictions.shape, bool) if keep is None else keep
         finite = jnp.isfinite(predictions)
+        counted = finite & keep
         batch = Extrema(
-            jnp.min(jnp.where(finite, predictions, jnp.inf), initial=jnp.inf).astype(jnp.float32),
-            jnp.max(jnp.where(finite, predictions, -jnp.inf), initial=-jnp.inf).astype(jnp.float32),
+            jnp.min(jnp.where(counted, predictions, jnp.inf), initial=jnp.inf).astype(jnp.float32),
+            jnp.max(jnp.where(counted, predictions, -jnp.inf), initial=-jnp.inf).astype(
+                jnp.float32
+            ),
         )
-        return self.state.merge(batch), jnp.sum(~finite).astype(jnp.int32)
+        return self.state.merge(batch), jnp.sum(~finite & keep).astype(jnp.int32)
 
     def _compute(self) -> tuple[jax.Array, jax.Array]:
         return self.state.minimum, self.state.maximum
@@ -74,11 +80,20 @@ class Moments(struct.PyTreeNode):
     squared_deviations: jax.Array
 
     @classmethod
-    def of(cls, values: jax.Array) -> Moments:
-        """Moments of ``values`` along axis 0 (count 0, mean 0 for no values: merging adds nothing)."""
-        count = jnp.asarray(values.shape[0], jnp.float32)
-        mean = jnp.sum(values, axis=0) / max(values.shape[0], 1)
-        return cls(count, mean, jnp.sum((values - mean) ** 2, axis=0))
+    def of(cls, values: jax.Array, keep: jax.Array | None = None) -> Moments:
+        """Moments of ``values`` along axis 0 (count 0, mean 0 for no values: merging adds nothing).
+
+        ``keep`` (bool, shape (N,)) leaves rows out.
+        """
+        if keep is None:
+            count = jnp.asarray(values.shape[0], jnp.float32)
+            mean = jnp.sum(values, axis=0) / max(values.shape[0], 1)
+            return cls(count, mean, jnp.sum((values - mean) ** 2, axis=0))
+        rows = per_sample(keep, values.shape)
+        count = jnp.sum(keep).astype(jnp.float32)
+        mean = jnp.sum(jnp.where(rows, values, 0.0), axis=0) / jnp.maximum(count, 1.0)
+        deviations = jnp.where(rows, (values - mean) ** 2, 0.0)
+        return cls(count, mean, jnp.sum(deviations, axis=0))
 
     def merge(self, other: Moments) -> Moments:
         """Moments of the union (parallel-variance formula)."""
@@ -121,6 +136,7 @@ class AnomalyScoreDistribution(Metric):
     """
 
     default_fields = ("pred_score", "anomaly_map")
+    masks_samples = True
 
     def __init__(
         self,
@@ -167,9 +183,9 @@ class AnomalyScoreDistribution(Metric):
             if not is_traced(values) and bool(jnp.any(values <= 0)):
                 raise ValueError(f"{field}: values must be positive (their log is taken)")
 
-    def _update_state(self, scores: jax.Array, maps: jax.Array):
-        image = Moments.of(jnp.log(scores.astype(jnp.float32)))
-        pixel = Moments.of(jnp.log(maps.astype(jnp.float32)))
+    def _update_state(self, scores: jax.Array, maps: jax.Array, valid: jax.Array | None = None):
+        image = Moments.of(jnp.log(scores.astype(jnp.float32)), valid)
+        pixel = Moments.of(jnp.log(maps.astype(jnp.float32)), valid)
         state = self.state
         if state.pixel.mean.shape != pixel.mean.shape:  # first eager update sets the map shape
             state = _Pair(
@@ -256,6 +272,7 @@ class ManualThreshold(Metric):
     """
 
     requires_data = False
+    masks_samples = True
 
     def __init__(
         self,
@@ -272,7 +289,7 @@ class ManualThreshold(Metric):
     def _empty_state(self) -> _NoState:
         return _NoState()
 
-    def _update_state(self, *arrays: jax.Array):
+    def _update_state(self, *arrays: jax.Array, valid: jax.Array | None = None):
         return self.state, jnp.zeros((), jnp.int32)
 
     def _compute(self) -> jax.Array:

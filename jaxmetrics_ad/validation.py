@@ -54,6 +54,8 @@ def as_array(value: object, field: str) -> jax.Array:
         except (TypeError, ValueError) as error:
             raise TypeError(f"{field}: expected an array, got {type(value).__name__}") from error
         _check_representable(value, field)
+        if value.dtype == np.bool_:  # re-made on the host: no eager XLA op per batch shape
+            return jnp.asarray(value.view(np.uint8) != 0)
     elif not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
         raise TypeError(
             f"{field}: expected a real numeric or boolean array, got dtype {value.dtype}"
@@ -145,11 +147,24 @@ def check_finite(scores: jax.Array, field: str) -> None:
         return
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         return
-    bad = int(jnp.sum(~jnp.isfinite(scores)))
+    xp, values = _checkable(scores)
+    bad = int(xp.sum(~xp.isfinite(values)))
     if bad:
         raise ValueError(
             f"{field}: {bad} of {scores.size} values are NaN or inf; scores must be finite"
         )
+
+
+def _checkable(values: jax.Array) -> tuple[object, object]:
+    """(array module, values) to run an eager check with: numpy for arrays held by the CPU.
+
+    numpy reads a CPU jax array without copying and compiles nothing; an eager jax reduction would
+    compile once per batch shape (a ragged last batch pays it again). Arrays on an accelerator are
+    checked where they are.
+    """
+    if all(device.platform == "cpu" for device in values.devices()):
+        return np, np.asarray(values)
+    return jnp, values
 
 
 def check_binary(labels: jax.Array, field: str) -> None:
@@ -164,17 +179,35 @@ def check_binary(labels: jax.Array, field: str) -> None:
     """
     if labels.dtype == jnp.bool_ or is_traced(labels):
         return
-    bad = (labels != 0) & (labels != 1)
-    count = int(jnp.sum(bad))
+    xp, values = _checkable(labels)
+    bad = (values != 0) & (values != 1)
+    count = int(xp.sum(bad))
     if count:
-        example = labels.ravel()[jnp.argmax(bad.ravel())].item()
+        example = values.ravel()[int(xp.argmax(bad.ravel()))].item()
         raise ValueError(
             f"{field}: labels must be 0/1 or boolean, found {count} other values (e.g. {example})"
         )
 
 
-def binary_channel(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-sample channel (0 negative, 1 positive, -1 invalid) and the number of invalid samples.
+def per_sample(valid: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
+    """A per-image ``valid`` flag (N,) broadcast over the other axes of ``shape`` (N, ...).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> per_sample(jnp.array([True, False]), (2, 2)).tolist()
+        [[True, True], [False, False]]
+    """
+    if valid is None:
+        return None
+    return jnp.broadcast_to(jnp.reshape(valid, valid.shape + (1,) * (len(shape) - 1)), shape)
+
+
+def binary_channel(
+    scores: jax.Array, labels: jax.Array, keep: jax.Array | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Per-sample channel (0 negative, 1 positive, -1 invalid or left out) and the invalid count.
+
+    ``keep`` (same shape, optional) leaves samples out without counting them as invalid (padding).
 
     Example:
         >>> import jax.numpy as jnp
@@ -184,5 +217,6 @@ def binary_channel(scores: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax
     """
     labels = clean_bool(labels)
     valid = jnp.isfinite(scores) & ((labels == 0) | (labels == 1))
-    channel = jnp.where(valid, labels.astype(jnp.int32), -1)
-    return channel, jnp.sum(~valid).astype(jnp.int32)
+    keep = jnp.ones(valid.shape, bool) if keep is None else keep
+    channel = jnp.where(valid & keep, labels.astype(jnp.int32), -1)
+    return channel, jnp.sum(~valid & keep).astype(jnp.int32)
