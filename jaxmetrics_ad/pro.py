@@ -381,48 +381,67 @@ def exact_aupro(
     return float(area / fpr_limit)
 
 
-def _binned_area_up_to(fpr: jax.Array, pro: jax.Array, fpr_limit: float) -> jax.Array:
-    """Trapezoid area under the points (fpr, pro), fpr ascending, up to ``fpr_limit`` (jax).
+def _binned_area_up_to(fpr: Any, pro: Any, fpr_limit: float) -> Any:
+    """Trapezoid area under the points (fpr, pro), fpr ascending, up to ``fpr_limit``.
 
     The segment that crosses the limit is cut there with PRO linearly interpolated, as the exact
-    algorithm does.
+    algorithm does. numpy arrays in, numpy out (eager compute); jax arrays in, jax out.
     """
+    xp = np if isinstance(fpr, np.ndarray) else jnp
     x0, x1, y0, y1 = fpr[:-1], fpr[1:], pro[:-1], pro[1:]
-    x_end = jnp.minimum(x1, fpr_limit)
-    width = jnp.maximum(x_end - x0, 0.0)
-    fraction = jnp.where(x1 > x0, width / jnp.where(x1 > x0, x1 - x0, 1.0), 0.0)
+    x_end = xp.minimum(x1, fpr_limit)
+    width = xp.maximum(x_end - x0, 0.0)
+    fraction = xp.where(x1 > x0, width / xp.where(x1 > x0, x1 - x0, 1.0), 0.0)
     y_end = y0 + (y1 - y0) * fraction
-    return jnp.sum(width * (y0 + y_end) / 2)
+    return xp.sum(width * (y0 + y_end) / 2)
+
+
+def _binned_curve(state: RegionCurveState) -> tuple[Any, Any]:
+    """(fpr, pro) at (0, 0) and at each bin's lower edge, descending (binned state).
+
+    Under a trace in jax; eagerly in numpy float64, which compiles nothing (see
+    :meth:`Metric._computes_on_host`).
+    """
+    if is_traced(*jax.tree_util.tree_leaves(state)):
+        return _jitted_binned_curve(state)
+    _, counts, weights = state.samples.cumulative_on_host()
+    return _curve_points(counts, weights, max(int(state.num_regions), 1), np)
 
 
 @jax.jit
-def _binned_curve(state: RegionCurveState) -> tuple[jax.Array, jax.Array]:
-    """(fpr, pro) at (0, 0) and at each bin's lower edge, descending (binned state)."""
+def _jitted_binned_curve(state: RegionCurveState) -> tuple[jax.Array, jax.Array]:
     _, counts, weights = state.samples.cumulative()
-    num_background = jnp.maximum(counts[0, -1], 1.0)
     num_regions = jnp.maximum(state.num_regions, 1).astype(jnp.float32)
-    zero = jnp.zeros((1,), jnp.float32)
-    fpr = jnp.concatenate([zero, counts[0] / num_background])
-    pro = jnp.concatenate([zero, jnp.minimum(weights[0] / num_regions, 1.0)])
+    return _curve_points(counts, weights, num_regions, jnp)
+
+
+def _curve_points(counts: Any, weights: Any, num_regions: Any, xp: Any) -> tuple[Any, Any]:
+    num_background = xp.maximum(counts[0, -1], 1.0)
+    zero = xp.zeros((1,), counts.dtype)
+    fpr = xp.concatenate([zero, counts[0] / num_background])
+    pro = xp.concatenate([zero, xp.minimum(weights[0] / num_regions, 1.0)])
     return fpr, pro
 
 
-def _is_defined(state: RegionCurveState) -> jax.Array:
+def _is_defined(state: RegionCurveState) -> Any:
     """Whether a binned state holds a background pixel and a region (else AUPRO is 0)."""
     counts = state.samples.counts
+    if not is_traced(*jax.tree_util.tree_leaves(state)):
+        background = np.any(np.asarray(counts.lo[0])) or np.any(np.asarray(counts.hi[0]))
+        return bool(background) and int(state.num_regions) > 0
     return (jnp.any(counts.lo[0] > 0) | jnp.any(counts.hi[0] > 0)) & (state.num_regions > 0)
 
 
-@functools.partial(jax.jit, static_argnames="fpr_limit")
-def _binned_error_bound(state: RegionCurveState, fpr_limit: float) -> jax.Array:
+def _binned_error_bound(state: RegionCurveState, fpr_limit: float) -> Any:
     """See :meth:`AUPRO.error_bound`."""
     fpr, pro = _binned_curve(state)
+    xp = np if isinstance(fpr, np.ndarray) else jnp
     x0, x1, height = fpr[:-1], fpr[1:], pro[1:] - pro[:-1]
     inside = x1 <= fpr_limit
     cut = ~inside & (x0 < fpr_limit)
-    bound = jnp.where(inside, (x1 - x0) * height / 2, 0.0)
-    bound = bound + jnp.where(cut, (fpr_limit - x0) * height, 0.0)
-    return jnp.where(_is_defined(state), jnp.sum(bound) / fpr_limit, 0.0)
+    bound = xp.where(inside, (x1 - x0) * height / 2, 0.0)
+    bound = bound + xp.where(cut, (fpr_limit - x0) * height, 0.0)
+    return xp.where(_is_defined(state), xp.sum(bound) / fpr_limit, 0.0)
 
 
 class RegionCurveState(struct.PyTreeNode):
@@ -573,11 +592,15 @@ class AUPRO(Metric):
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
 
+    def _computes_on_host(self) -> bool:
+        return True
+
     def _compute(self) -> jax.Array:
         if not self.is_exact:
             fpr, pro = _binned_curve(self.state)
             area = _binned_area_up_to(fpr, pro, self.fpr_limit) / self.fpr_limit
-            return jnp.where(_is_defined(self.state), area, 0.0)
+            xp = np if isinstance(area, np.generic | np.ndarray) else jnp
+            return xp.where(_is_defined(self.state), area, 0.0)
         scores, channels, weights = self.state.samples.arrays()
         fpr_limit = self.fpr_limit
 
@@ -610,7 +633,7 @@ class AUPRO(Metric):
             ([0.0, 0.0, 0.667, 0.667, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
         """
         if not self.is_exact:
-            fpr, pro = _binned_curve(self.state)
+            fpr, pro = (jnp.asarray(v, jnp.float32) for v in _binned_curve(self.state))
             return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
         if is_traced(*jax.tree_util.tree_leaves(self.state)):
             raise TypeError(
@@ -644,7 +667,8 @@ class AUPRO(Metric):
         """
         if self.is_exact:
             return self._poison_if_invalid(jnp.zeros((), jnp.float32))
-        return self._poison_if_invalid(_binned_error_bound(self.state, self.fpr_limit))
+        bound = jnp.asarray(_binned_error_bound(self.state, self.fpr_limit), jnp.float32)
+        return self._poison_if_invalid(bound)
 
     def _check_state(self) -> None:
         if self.is_exact:
