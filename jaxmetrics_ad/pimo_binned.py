@@ -1,0 +1,453 @@
+"""Binned PIMO state (``thresholds=<int or array>``): normal pixels in a histogram plus their exact
+top scores, mask pixels in a second histogram; and its readers.
+
+The state is a fixed-size pytree (jit/scan-able, merged by :meth:`BinnedCurves.merge` and
+:meth:`BinnedCurves.all_reduce`). Each reader is written once for an array module ``xp``: with jax
+(inside jit) it reads the histograms in float32, with numpy (eager ``compute``, no XLA program to
+compile) in float64, counts exact to 2**53.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.pimo_rule import IntegrationBand, threshold_grid, trapezoid_weights
+
+DEFAULT_TAIL_SIZE = 32768
+"""Binned mode: how many of the highest normal scores are kept exactly (128 KiB)."""
+_HOST_ROWS = 16  # per-image TPRs read on the host this many images at a time (bounded memory)
+
+Array = np.ndarray | jax.Array
+
+
+def mask_labels(masks: jax.Array) -> jax.Array:
+    """Mask values as stored, but bool masks as 0/1 whatever their True byte (jit-safe).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> mask_labels(jnp.array([True, False])).tolist()
+        [1, 0]
+    """
+    if masks.dtype == jnp.bool_:
+        # Comparisons with 1 see the raw byte (0xFF from Pillow is not 1), and XLA folds a
+        # comparison with False away; reading the byte does neither.
+        return (masks.view(jnp.uint8) != 0).astype(jnp.int32)
+    return masks
+
+
+class BinnedCurves(struct.PyTreeNode):
+    """Binned state: normal pixels in a histogram plus their exact top scores; mask pixels binned.
+
+    ``normal`` counts every normal pixel; ``tail_scores`` holds every normal score ``>=
+    tail_cutoff`` exactly (at most ``tail_size``, unordered, -inf padded), so the shared FPR is
+    exact at thresholds ``>= tail_cutoff``. The cutoff is the lowest histogram edge with at most
+    ``tail_size`` normal pixels above it; it only rises, and pixels below it are let go.
+    ``anomalous`` has one channel per image slot (``capacity`` set: slot = arrival index, normal
+    images leave theirs empty) or a single channel weighted by 1/mask size, whose weight above a
+    threshold is the sum of the TPRs. Every image must have ``num_pixels`` pixels (set by the first
+    update), as anomalib requires too. The histograms are auto-ranging (``thresholds`` an int, the
+    number of bins) or have fixed edges (a tuple of thresholds).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> maps = jnp.array([[[0.1, 0.2]], [[0.3, 0.9]]])
+        >>> masks = jnp.array([[[0, 0]], [[0, 1]]])
+        >>> empty = BinnedCurves.empty(64, capacity=None, tail_size=4)
+        >>> state, invalid = empty.add(maps, masks)
+        >>> int(state.num_normal), int(state.num_anomalous), state.tail_scores.tolist()
+        (1, 1, [0.10000000149011612, 0.20000000298023224, -inf, -inf])
+    """
+
+    normal: ScoreHistogram
+    tail_scores: jax.Array  # (tail_size,) float32: every normal score >= tail_cutoff, -inf padded
+    tail_cutoff: jax.Array  # float32, -inf until the tail is full
+    anomalous: ScoreHistogram
+    num_pixels: jax.Array  # int32: pixels per image (0 before the first update)
+    num_normal: jax.Array  # int32
+    num_anomalous: jax.Array  # int32
+    num_images: jax.Array  # int32, may pass the capacity inside jit (then compute gives NaN)
+    capacity: int | None = struct.field(pytree_node=False, default=None)
+
+    @classmethod
+    def empty(
+        cls, thresholds: int | tuple[float, ...], capacity: int | None, tail_size: int
+    ) -> BinnedCurves:
+        """An empty state; ``capacity`` images get their own curve (None: only the mean curve).
+
+        ``thresholds``: the number of auto-ranging bins, or the fixed thresholds (ascending).
+        """
+
+        def histogram(num_channels: int, num_weights: int = 0) -> ScoreHistogram:
+            if isinstance(thresholds, int):
+                return ScoreHistogram.auto(thresholds, num_channels, num_weights)
+            return ScoreHistogram.fixed(thresholds, num_channels, num_weights)
+
+        if capacity is None:
+            anomalous = histogram(num_channels=1, num_weights=1)
+        else:
+            anomalous = histogram(num_channels=capacity)
+        zero = jnp.zeros((), jnp.int32)
+        return cls(
+            normal=histogram(num_channels=1),
+            tail_scores=jnp.full((tail_size,), -jnp.inf, jnp.float32),
+            tail_cutoff=jnp.array(-jnp.inf, jnp.float32),
+            anomalous=anomalous,
+            num_pixels=zero,
+            num_normal=zero,
+            num_anomalous=zero,
+            num_images=zero,
+            capacity=capacity,
+        )
+
+    def add(self, maps: jax.Array, masks: jax.Array) -> tuple[BinnedCurves, jax.Array]:
+        """Adds a batch (N, H, W); returns the state and the number of invalid pixels.
+
+        Invalid pixels (non-finite score, mask value outside {0, 1}) are left out and counted; so
+        is a whole batch whose images differ in size from earlier ones.
+        """
+        num_images = maps.shape[0]
+        num_pixels = math.prod(maps.shape[1:])
+        scores = jnp.reshape(maps, (num_images, num_pixels)).astype(jnp.float32)
+        labels = mask_labels(jnp.reshape(masks, (num_images, num_pixels)))
+        same_size = (self.num_pixels == 0) | (self.num_pixels == num_pixels)
+        valid = jnp.isfinite(scores) & ((labels == 0) | (labels == 1)) & same_size
+        positive = valid & (labels == 1)
+        is_anomalous = jnp.any(labels == 1, axis=1)
+        normal_pixel = valid & ~is_anomalous[:, None]
+        normal = self.normal.add(scores, jnp.where(normal_pixel, 0, -1))
+        new_scores = jnp.where(normal_pixel, scores, -jnp.inf).ravel()
+        tail_scores, tail_cutoff = _keep_tail(
+            jnp.concatenate([self.tail_scores, new_scores]),
+            self.tail_cutoff,
+            normal,
+            self.tail_size,
+        )
+        if self.capacity is None:
+            mask_sizes = jnp.sum(positive, axis=1, keepdims=True)
+            weights = jnp.broadcast_to(1.0 / jnp.maximum(mask_sizes, 1), scores.shape)
+            anomalous = self.anomalous.add(
+                scores, jnp.where(positive, 0, -1), jnp.reshape(weights, (1, -1))
+            )
+        else:
+            slots = self.num_images + jnp.arange(num_images, dtype=jnp.int32)
+            stored = positive & (slots < self.capacity)[:, None]
+            anomalous = self.anomalous.add(scores, jnp.where(stored, slots[:, None], -1))
+        num_anomalous = jnp.where(same_size, jnp.sum(is_anomalous), 0).astype(jnp.int32)
+        num_normal = jnp.where(same_size, num_images, 0) - num_anomalous
+        state = self.replace(
+            normal=normal,
+            tail_scores=tail_scores,
+            tail_cutoff=tail_cutoff,
+            anomalous=anomalous,
+            num_pixels=jnp.where(same_size, num_pixels, self.num_pixels).astype(jnp.int32),
+            num_normal=self.num_normal + num_normal,
+            num_anomalous=self.num_anomalous + num_anomalous,
+            num_images=self.num_images + jnp.where(same_size, num_images, 0),
+        )
+        return state, jnp.sum(~valid).astype(jnp.int32)
+
+    def merge(self, other: BinnedCurves) -> BinnedCurves:
+        """The state of both image sets, this state's images first (exact: histograms add)."""
+        normal = self.normal.merge(other.normal)
+        tail_scores, tail_cutoff = _keep_tail(
+            jnp.concatenate([self.tail_scores, other.tail_scores]),
+            jnp.maximum(self.tail_cutoff, other.tail_cutoff),
+            normal,
+            self.tail_size,
+        )
+        return self.replace(
+            normal=normal,
+            tail_scores=tail_scores,
+            tail_cutoff=tail_cutoff,
+            anomalous=self.anomalous.merge(other._shifted(self.num_images).anomalous),
+            num_pixels=jnp.maximum(self.num_pixels, other.num_pixels),
+            num_normal=self.num_normal + other.num_normal,
+            num_anomalous=self.num_anomalous + other.num_anomalous,
+            num_images=self.num_images + other.num_images,
+        )
+
+    def all_reduce(self, axis_name: str) -> BinnedCurves:
+        """Every device's images along ``axis_name``, in device order (``pmin``/``pmax``, ``psum``)."""
+        counts = jax.lax.all_gather(self.num_images, axis_name)
+        device = jax.lax.axis_index(axis_name)
+        before = jnp.sum(jnp.where(jnp.arange(counts.shape[0]) < device, counts, 0))
+        normal = self.normal.all_reduce(axis_name)
+        tail_scores, tail_cutoff = _keep_tail(
+            jax.lax.all_gather(self.tail_scores, axis_name).ravel(),
+            jax.lax.pmax(self.tail_cutoff, axis_name),
+            normal,
+            self.tail_size,
+        )
+        return self.replace(
+            normal=normal,
+            tail_scores=tail_scores,
+            tail_cutoff=tail_cutoff,
+            anomalous=self._shifted(before).anomalous.all_reduce(axis_name),
+            num_pixels=jax.lax.pmax(self.num_pixels, axis_name),
+            num_normal=jax.lax.psum(self.num_normal, axis_name),
+            num_anomalous=jax.lax.psum(self.num_anomalous, axis_name),
+            num_images=jax.lax.psum(self.num_images, axis_name),
+        )
+
+    @property
+    def tail_size(self) -> int:
+        """Most normal scores kept exactly."""
+        return self.tail_scores.shape[0]
+
+    def overflowed(self) -> jax.Array:
+        """True when more images arrived than ``capacity`` slots (never without a capacity)."""
+        if self.capacity is None:
+            return jnp.array(False)
+        return self.num_images > self.capacity
+
+    def _shifted(self, offset: jax.Array) -> BinnedCurves:
+        """This state with its image slots moved ``offset`` places on (slots past the end drop)."""
+        if self.capacity is None:
+            return self
+        target = jnp.arange(self.capacity, dtype=jnp.int32) + offset
+        target = jnp.where(target < self.capacity, target, self.capacity)
+        counts = self.anomalous.counts
+
+        def move(words: jax.Array) -> jax.Array:
+            return jnp.zeros_like(words).at[target].set(words, mode="drop")
+
+        moved = counts.replace(lo=move(counts.lo), hi=move(counts.hi))
+        return self.replace(anomalous=self.anomalous.replace(counts=moved))
+
+
+def _keep_tail(
+    candidates: jax.Array, cutoff: jax.Array, normal: ScoreHistogram, tail_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """The candidates at or above the raised cutoff, packed into ``tail_size`` slots, and the cutoff.
+
+    The candidates hold every normal score at or above ``cutoff`` (and -inf fillers). The new cutoff
+    is the lowest edge of ``normal`` (which counts every normal pixel) with at most ``tail_size``
+    pixels at or above it, so they always fit; it never falls, so nothing needed was let go before.
+    A cumulative sum packs them: O(candidates), unlike a top-k, which is slow on smooth maps.
+    """
+    cutoff = jnp.maximum(cutoff, lowest_fitting_edge(normal, tail_size, jnp))
+    kept = jnp.isfinite(candidates) & (candidates >= cutoff)
+    slots = jnp.where(kept, jnp.cumsum(kept) - 1, tail_size)
+    tail = jnp.full((tail_size,), -jnp.inf, jnp.float32).at[slots].set(candidates, mode="drop")
+    return tail, cutoff
+
+
+# -- readers: one code for jax (float32, jit-able) and numpy (float64, eager) ---------------------
+
+
+class _Bins(NamedTuple):
+    """A histogram's arrays in one array module: jax as stored, or numpy float64."""
+
+    counts: Array  # (C, B) float
+    weights: Array  # (W, B) float
+    lower_edges: Array  # (B,) the threshold of each bin, ascending (-inf first for fixed edges)
+    top: Array  # () the upper edge of the last bin (auto-ranging; unused for fixed edges)
+    score_min: Array  # () lowest score seen
+    exponent: Any  # bin width 2**exponent (auto-ranging)
+    offset: Any  # grid offset (auto-ranging)
+    edges: Array | None  # (B-1,) fixed thresholds, or None when auto-ranging
+
+
+def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
+    fixed = None if histogram.edges is None else xp.asarray(histogram.edges, xp.float32)
+    if xp is jnp:
+        top = jnp.ldexp(
+            (histogram.offset + histogram.num_bins).astype(jnp.float32), histogram.exponent
+        )
+        return _Bins(
+            histogram.counts.as_float(),
+            histogram.weights,
+            histogram.lower_edges(),
+            top,
+            histogram.score_min,
+            histogram.exponent,
+            histogram.offset,
+            fixed,
+        )
+    counts = np.asarray(histogram.counts.hi, np.float64) * 2.0**32 + np.asarray(
+        histogram.counts.lo, np.float64
+    )
+    exponent, offset = int(histogram.exponent), int(histogram.offset)
+    if fixed is None:  # the float32 values jax computes: the index is rounded to float32 first
+        index = (offset + np.arange(histogram.num_bins + 1)).astype(np.float32)
+        edges = np.ldexp(index, exponent).astype(np.float32).astype(np.float64)
+        lower, top = edges[:-1], edges[-1]
+    else:
+        lower = np.concatenate([[-np.inf], fixed.astype(np.float64)])
+        top = np.float64(np.ldexp(np.float32(offset + histogram.num_bins), exponent))
+    return _Bins(
+        counts,
+        np.asarray(histogram.weights, np.float64),
+        lower,
+        top,
+        np.float64(histogram.score_min),
+        exponent,
+        offset,
+        fixed,
+    )
+
+
+def _curve_points(bins: _Bins, counts: Array, xp: ModuleType) -> tuple[Array, Array]:
+    """Knots (B+1,) ascending and the amount at or above each, (rows, B+1) ending in 0.
+
+    Knot 0 is the lowest score seen rather than the lower edge of bin 0, so the curve is exact there.
+    """
+    lower = bins.lower_edges
+    knots = xp.concatenate(
+        [xp.reshape(bins.score_min, (1,)), lower[1:], xp.reshape(bins.top, (1,))]
+    )
+    knots = knots.astype(lower.dtype)
+    at_or_above = xp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+    return knots, xp.pad(at_or_above, ((0, 0), (0, 1)))
+
+
+def _interpolation(
+    bins: _Bins, knots: Array, thresholds: Array, xp: ModuleType
+) -> tuple[Array, Array]:
+    """(left knot index, weight of the right knot) for reading a curve linearly at ``thresholds``.
+
+    Auto-ranging bins are power-of-two wide and aligned, so a threshold's bin is found by scaling,
+    not search. With fixed edges, a curve is read as a step at the edge at or below the threshold
+    (exact at the edges themselves, the only thresholds read there).
+    """
+    num_bins = bins.lower_edges.shape[0]
+    if bins.edges is not None:
+        index = xp.searchsorted(bins.edges, thresholds, side="right")
+        return index, xp.zeros(thresholds.shape, knots.dtype)
+    wide = thresholds.astype(knots.dtype)
+    cell = xp.floor(xp.ldexp(wide, -bins.exponent))
+    offset = xp.asarray(bins.offset).astype(knots.dtype)
+    index = xp.clip(cell - offset, 0, num_bins - 1).astype(xp.int32)
+    left, right = knots[index], knots[index + 1]
+    return index, xp.clip((wide - left) / (right - left), 0.0, 1.0)
+
+
+def _read(points: Array, index: Array, weight: Array) -> Array:
+    """Rows of curve ``points`` (rows, B+1) read at the interpolation positions."""
+    return points[:, index] * (1.0 - weight) + points[:, index + 1] * weight
+
+
+def lowest_fitting_edge(normal: ScoreHistogram, tail_size: int, xp: ModuleType = jnp) -> Array:
+    """The lowest edge of ``normal`` with at most ``tail_size`` normal pixels at or above it.
+
+    -inf while every normal score fits in the tail. Coarser grids' edges are edges of every finer
+    grid and counts only grow, so this edge of the final histogram is at or above every cutoff used
+    on the way: the kept tail holds every normal score at or above it, whatever the order of updates
+    and merges.
+    """
+    bins = _bins(normal, xp)
+    _, at_or_above = _curve_points(bins, bins.counts, xp)
+    crowded_bins = xp.sum(at_or_above[0, :-1] > tail_size)
+    edges = xp.concatenate([bins.lower_edges, xp.asarray([xp.inf], bins.lower_edges.dtype)])
+    # With no crowded bin every normal score fits: the tail is complete, exact at any threshold.
+    return xp.where(crowded_bins > 0, edges[crowded_bins], -xp.inf)
+
+
+def curve_thresholds(state: BinnedCurves, num_thresholds: int, xp: ModuleType = jnp) -> Array:
+    """The K float32 thresholds of the curves: anomalib's grid between the normal images' min and
+    max (auto-ranging bins), or the fixed edges."""
+    if state.normal.edges is not None:
+        return xp.asarray(state.normal.edges, xp.float32)
+    low, high = state.normal.score_min, state.normal.score_max
+    if xp is np:
+        low, high = np.float32(low), np.float32(high)
+    return threshold_grid(low, high, num_thresholds, xp)
+
+
+def shared_fpr(state: BinnedCurves, thresholds: Array, xp: ModuleType = jnp) -> Array:
+    """The shared FPR at ascending ``thresholds`` (float32 with jax, float64 with numpy).
+
+    Exact from the kept tail scores at or above their cutoff, read off the histogram below it.
+
+    Example:
+        >>> import jax.numpy as jnp, numpy as np
+        >>> maps = jnp.array([[[0.1, 0.2]], [[0.3, 0.9]]])
+        >>> state, _ = BinnedCurves.empty(64, None, 4).add(maps, jnp.array([[[0, 0]], [[0, 1]]]))
+        >>> shared_fpr(state, np.float32([0.1, 0.15, 0.2]), np).tolist()
+        [1.0, 0.5, 0.5]
+    """
+    bins = _bins(state.normal, xp)
+    knots, above = _curve_points(bins, bins.counts, xp)
+    index, weight = _interpolation(bins, knots, thresholds, xp)
+    # Dividing by the total count makes the FPR exactly 1 at the lowest normal score.
+    binned = _read(above, index, weight)[0] / above[0, 0]
+    ascending = xp.sort(xp.asarray(state.tail_scores))
+    kept_above = state.tail_size - xp.searchsorted(ascending, thresholds, side="left")
+    exact = kept_above.astype(above.dtype) / above[0, 0]
+    # The final histogram's edge, not the stored cutoff (which depends on the order of merges), so
+    # that merge and all_reduce give bit for bit the result of one pass.
+    exact_from = xp.maximum(
+        xp.asarray(state.tail_cutoff), lowest_fitting_edge(state.normal, state.tail_size, xp)
+    )
+    return xp.where(thresholds >= exact_from, exact, binned)
+
+
+def per_image_tprs(state: BinnedCurves, thresholds: Array, xp: ModuleType = jnp) -> Array:
+    """(capacity, K) float32 TPRs read off the per-image histogram; NaN rows for normal or unused
+    slots. With numpy, read in float64 a few images at a time."""
+    bins = _bins(state.anomalous, xp)
+    knots, above = _curve_points(bins, bins.counts, xp)
+    index, weight = _interpolation(bins, knots, thresholds, xp)
+    sizes = above[:, :1]
+    if xp is jnp:
+        return jnp.where(sizes > 0, _read(above, index, weight) / jnp.maximum(sizes, 1.0), jnp.nan)
+    tprs = np.full((above.shape[0], thresholds.shape[0]), np.nan, np.float32)
+    rows = np.flatnonzero(sizes[:, 0] > 0)
+    curves = above[rows] / sizes[rows]
+    steps = np.diff(curves, axis=1)
+    for start in range(0, rows.size, _HOST_ROWS):
+        chunk = slice(start, start + _HOST_ROWS)
+        # the value at the left knot plus the weighted step to the right one: two gathers
+        left = np.take(curves[chunk], index, axis=1)
+        tprs[rows[chunk]] = left + np.take(steps[chunk], index, axis=1) * weight
+    return tprs
+
+
+def areas(
+    state: BinnedCurves,
+    thresholds: Array,
+    shared_fpr: Array,
+    band: IntegrationBand,
+    xp: ModuleType = jnp,
+) -> Array:
+    """Trapezoid areas under each TPR curve (or the mean one) against ln(shared FPR).
+
+    The trapezoid is linear in the TPR values and each value is linear in the curve's knots, so the
+    areas are one product of the knot curves with a vector of per-knot coefficients: O(K + images ·
+    B), never an images × K array.
+    """
+    coefficients = trapezoid_weights(shared_fpr, band, xp)
+    bins = _bins(state.anomalous, xp)
+    if state.capacity is None:
+        knots, above = _curve_points(bins, bins.weights, xp)
+        above = above / xp.asarray(state.num_anomalous)
+    else:
+        knots, above = _curve_points(bins, bins.counts, xp)
+        above = above / xp.maximum(above[:, :1], 1.0)
+    index, weight = _interpolation(bins, knots, thresholds, xp)
+    size = knots.shape[0]
+    if xp is jnp:
+        per_knot = (
+            jnp.zeros(size, jnp.float32)
+            .at[index]
+            .add(coefficients * (1.0 - weight))
+            .at[index + 1]
+            .add(coefficients * weight)
+        )
+    else:
+        per_knot = np.bincount(index, coefficients * (1.0 - weight), minlength=size)
+        per_knot += np.bincount(index + 1, coefficients * weight, minlength=size)
+    return above @ per_knot
+
+
+def mask_sizes(state: BinnedCurves, xp: ModuleType = jnp) -> Array:
+    """(capacity,) mask pixels of each image slot (0 for normal images and unused slots)."""
+    return _bins(state.anomalous, xp).counts.sum(axis=1)
