@@ -279,6 +279,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="how maps are brought to the mask size (default: bilinear)",
     )
     _add_common_options(evaluate)
+
+    compare = commands.add_parser(
+        "compare",
+        help="compare two models image by image (Wilcoxon signed-rank and paired t-test)",
+        description=(
+            "Compare two models' per-image values (e.g. per-image AUPIMO) on the same images: "
+            "paired Wilcoxon signed-rank test, paired t-test, mean difference with its confidence "
+            "interval, wins/losses/ties and the per-image table. Each file is JSON: "
+            '{"model": "name", "per_image": {"image name": value or null, ...}} (paired by name), '
+            '{"per_image": [values]} or a bare list (paired by position), or a bare mapping. '
+            "Images where either value is null/NaN are dropped and counted."
+        ),
+    )
+    compare.add_argument("a", type=Path, help="per-image values of model A (.json)")
+    compare.add_argument("b", type=Path, help="per-image values of model B (.json)")
+    compare.add_argument(
+        "--names", nargs=2, metavar=("A", "B"), help="model names (default: the files' names)"
+    )
+    compare.add_argument(
+        "--alternative",
+        choices=("two-sided", "greater", "less"),
+        default="two-sided",
+        help="alternative of both tests; greater: A scores higher (default: two-sided)",
+    )
+    compare.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="level of the mean difference's confidence interval (default: 0.95)",
+    )
+    compare.add_argument(
+        "--max-rows",
+        type=int,
+        default=20,
+        help="image rows printed, largest |difference| first (default: 20; 0: none, -1: all)",
+    )
+    compare.add_argument("--output", type=Path, help="write the comparison to this .json file")
     return parser
 
 
@@ -581,7 +618,45 @@ def enable_compile_cache(folder: Path | None = None) -> Path | None:
     return folder
 
 
+def _compare(args: argparse.Namespace) -> int:
+    """``jaxmetrics-ad compare A.json B.json``: the per-image table and the paired tests."""
+    from jaxmetrics_ad import comparison
+
+    if args.output is not None and args.output.suffix.lower() != ".json":
+        raise InputError(f"--output {args.output}: expected a .json file name")
+    if args.output is not None and not args.output.parent.is_dir():
+        raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist")
+    (values_a, model_a), (values_b, model_b) = (
+        comparison.read_per_image(path) for path in (args.a, args.b)
+    )
+    names = args.names or (model_a or args.a.stem, model_b or args.b.stem)
+    if names[0] == names[1]:
+        names = (f"{names[0]} (A)", f"{names[1]} (B)")
+    try:
+        result = comparison.compare_per_image(
+            values_a,
+            values_b,
+            names=tuple(names),
+            alternative=args.alternative,
+            confidence=args.confidence,
+        )
+    except (ValueError, TypeError) as error:
+        raise InputError(f"{args.a} vs {args.b}: {error}") from error
+    max_rows = None if args.max_rows < 0 else args.max_rows
+    print(result.to_markdown(max_rows=max_rows))
+    if args.output is not None:
+        text = json.dumps(result.to_dict(), indent=2, allow_nan=False) + "\n"
+        try:
+            write_atomically(args.output, text)
+        except OSError as error:
+            raise InputError(f"--output {args.output}: cannot write: {error}") from error
+        print(f"comparison written to {args.output}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "compare":
+        return _compare(args)
     _check_output_paths(args)
     if args.compile_cache:
         enable_compile_cache()
