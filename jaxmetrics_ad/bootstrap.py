@@ -32,7 +32,7 @@ the others raise TypeError: they keep no histogram of plain counts to weight.
 ``R = 1000`` replicates of ``B = 16384`` bins, 16 MB at ``B = 1024``. A pixel update spends one
 integer product of the ``(n, R)`` weights with the per-image histograms, ``n × 2B``; an image
 update one scatter of ``n × 2R`` weights. Eager compute reads the replicates on the host with
-numpy in float64 (~0.3 ms each for B = 1024); inside ``jax.jit`` they are read with ``vmap``.
+numpy in float64 (~0.2 ms each for B = 1024); inside ``jax.jit`` they are read with ``vmap``.
 A weighted per-batch count of one bin must stay below 2**31 (a batch of up to ~10**8 samples).
 """
 
