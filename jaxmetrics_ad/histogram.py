@@ -140,7 +140,7 @@ class ScoreHistogram(struct.PyTreeNode):
             weights = jnp.reshape(weights, (self.weights.shape[0], scores.shape[0]))
             weights = weights.astype(jnp.float32)
             rows = jnp.arange(weights.shape[0], dtype=jnp.int32)[:, None] * num_bins
-            index = jnp.where(kept[None, :], rows + bins[None, :], weights.size)
+            index = jnp.where(kept[None, :], rows + bins[None, :], self.weights.size)
             summed = (
                 jnp.zeros(self.weights.size, jnp.float32)
                 .at[index.ravel()]

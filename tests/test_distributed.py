@@ -49,6 +49,8 @@ def data() -> dict[str, np.ndarray]:
         "pred_mask": category.anomaly_maps > 0.6,
         # precomputed region labels: each region metric would otherwise compile its own labelling
         "gt_regions": np.stack([ndimage.label(m, np.ones((3, 3)))[0] for m in category.gt_masks]),
+        # bootstrap weights follow image ids, so that shards and one device draw the same ones
+        "image_id": np.arange(len(category.gt_labels), dtype=np.int32),
     }
 
 
@@ -69,6 +71,7 @@ def every_metric(capacity: int) -> list[jm.Metric]:
         jm.AnomalyScoreDistribution(map_shape=SIZE),
         jm.ManualThreshold(0.7),
         jm.PGn(thresholds=BINS, fields=IMAGE, prefix="binned_"),
+        jm.Bootstrap(jm.AUROC(BINS, fields=PIXEL, prefix="bootstrap_"), 8, id_field="image_id"),
         jm.PBn(capacity=capacity, fields=IMAGE, prefix="exact_"),
         jm.PRO(threshold=0.6, **REGIONS),
         jm.PIMO(**PIMO_OPTIONS),

@@ -97,3 +97,12 @@ def test_all_reduce_over_eight_devices_equals_one_pass():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == "ok"
+
+
+def test_weights_of_left_out_samples_are_dropped_even_when_the_batch_is_smaller_than_the_bins():
+    # The drop index must lie past the histogram, not past the (smaller) batch.
+    histogram = ScoreHistogram.auto(num_bins=64, num_channels=2, num_weights=1)
+    histogram = histogram.add(
+        jnp.array([0.1, 0.5, 0.9]), jnp.array([0, 1, -1]), jnp.array([[1.0, 1.0, 5.0]])
+    )
+    assert float(histogram.weights.sum()) == 2.0
