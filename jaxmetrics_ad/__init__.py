@@ -23,6 +23,7 @@ from jaxmetrics_ad.classification import (
 from jaxmetrics_ad.comparison import Comparison, compare_per_image
 from jaxmetrics_ad.evaluator import Evaluator, pad_batch
 from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.nnx_bridge import NNXMetric
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
 from jaxmetrics_ad.presorting import PBn, PGn
 from jaxmetrics_ad.pro import AUPRO, PRO
@@ -50,6 +51,7 @@ __all__ = [
     "Metric",
     "MetricFunctions",
     "MinMax",
+    "NNXMetric",
     "PBn",
     "PGn",
     "PIMOResult",

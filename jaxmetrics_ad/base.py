@@ -245,7 +245,70 @@ class Metric:
             num_invalid=jnp.zeros((), jnp.int32),
         )
 
-    def update(self, *inputs: Any, valid: Any = None) -> Metric:
+    # -- clu's verbs, so that metrics sit in a clu.metrics.Collection ------------------------------
+
+    @classmethod
+    def empty(cls) -> Metric:
+        """An empty metric of the default configuration (clu's ``Metric.empty``); see :meth:`configured`.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> int(jm.AUROC.empty().num_updates)
+            0
+        """
+        return cls()
+
+    @classmethod
+    def from_model_output(cls, **outputs: Any) -> Metric:
+        """The metric of one batch of named model outputs (clu's ``Metric.from_model_output``).
+
+        Reads this metric's ``fields`` from ``outputs`` and ignores the other entries, as a
+        ``clu.metrics.Collection`` passes every output to every metric.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> m = jm.AUROC.from_model_output(pred_score=[0.2, 0.8], gt_label=[0, 1], loss=3.0)
+            >>> float(m.compute())
+            1.0
+        """
+        return cls().update_from(outputs)
+
+    @classmethod
+    def configured(cls, **config: Any) -> type[Metric]:
+        """This class with other defaults, for APIs that take metric *classes* (clu's ``Collection``).
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> BinnedAUROC = jm.AUROC.configured(thresholds=1024)
+            >>> BinnedAUROC.empty().thresholds, BinnedAUROC.__name__
+            (1024, 'AUROC')
+        """
+        cls(**config)  # checks the configuration now, with the usual errors
+        base = cls
+
+        def __init__(self: Metric, **overrides: Any) -> None:
+            base.__init__(self, **{**config, **overrides})
+
+        return type(cls.__name__, (cls,), {"__init__": __init__, "__module__": cls.__module__})
+
+    def reduce(self) -> Metric:
+        """Merge metrics stacked along a leading axis (``all_gather`` / ``vmap`` output) into one:
+        clu's ``Metric.reduce``; a metric that is not stacked is returned as it is.
+
+        Example:
+            >>> import jax, jax.numpy as jnp, jaxmetrics_ad as jm
+            >>> stacked = jax.vmap(lambda s, y: jm.AUROC(thresholds=16).update(s, y))(
+            ...     jnp.array([[0.1, 0.9], [0.2, 0.8]]), jnp.array([[0, 1], [0, 1]]))
+            >>> int(stacked.reduce().num_updates)
+            2
+        """
+        if jnp.ndim(self.num_updates) == 0:
+            return self
+        count = jnp.shape(self.num_updates)[0]
+        parts = [jax.tree_util.tree_map(lambda leaf, i=i: leaf[i], self) for i in range(count)]
+        return functools.reduce(lambda a, b: a.merge(b), parts)
+
+    def update(self, *inputs: Any, valid: Any = None, **named: Any) -> Metric:
         """The metric with one more batch; inputs in the order of ``fields``. Pure and jit-able.
 
         ``valid`` (bool, one entry per image: the first axis of the inputs) leaves out the images
@@ -253,12 +316,31 @@ class Metric:
         step was compiled for (:func:`jaxmetrics_ad.evaluator.pad_batch`). Padded images must still
         hold valid values (zeros do). Metrics with ``masks_samples = False`` do not take it.
 
+        The inputs may also be given by field name, as in ``flax.nnx`` metrics:
+        ``metric.update(anomaly_map=maps, gt_mask=masks)``.
+
         Example:
             >>> import jaxmetrics_ad as jm
             >>> m = jm.AUROC().update([0.1, 0.9, 0.0], [0, 1, 1], valid=[True, True, False])
             >>> float(m.compute())
             1.0
+            >>> float(jm.AUROC().update(pred_score=[0.2, 0.7], gt_label=[0, 1]).compute())
+            1.0
         """
+        if named:
+            if inputs:
+                raise TypeError(
+                    f"{self.name}.update: give the arrays {self.fields} by position or by name, "
+                    "not both"
+                )
+            unknown = sorted(set(named) - set(self.fields))
+            missing = [field for field in self.fields if field not in named]
+            if unknown or missing:
+                raise TypeError(
+                    f"{self.name}.update reads {list(self.fields)}; got unknown {unknown} and "
+                    f"missing {missing}"
+                )
+            inputs = tuple(named[field] for field in self.fields)
         if len(inputs) != len(self.fields):
             raise TypeError(
                 f"{self.name}.update takes {len(self.fields)} arrays {self.fields}, got {len(inputs)}"
