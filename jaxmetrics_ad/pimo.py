@@ -24,7 +24,7 @@ channel axis, (N, 1, H, W). ``AUPIMOResult.num_thresholds`` is, as in anomalib, 
 points integrated, not the curve's. (anomalib's ``AUPIMOResult.image_classes`` is inverted; ours
 is not.)
 
-**Exact mode** (``num_bins=None``, the default; eager only). Reproduces anomalib to ~1e-7 per image.
+**Exact mode** (``thresholds=None``, the default; eager only). Reproduces anomalib to ~1e-7 per image.
 Per anomalous image it keeps the scores of its mask pixels; of the normal images, their minimum and
 one pooled upper tail of their pixels. The shared FPR is a mean of per-image FPRs, i.e. a sum over
 normal pixels scoring ``>= t`` of ``1 / (pixels of the image × normal images)``, so the pooled tail
@@ -41,7 +41,8 @@ far lower), ``compute`` raises ValueError rather than return a wrong number. Com
 host with numpy in float64 (``np.sort`` + ``np.searchsorted``: O(pixels · log) time, never a
 thresholds × pixels array).
 
-**Streaming mode** (``num_bins=B``): fixed-size state, jit/scan-able, merged exactly by ``merge``
+**Binned mode** (``thresholds=B``, an int, as AUROC's argument; ``num_bins=B`` is its deprecated
+spelling): fixed-size state, jit/scan-able, merged exactly by ``merge``
 and ``all_reduce`` (``pmin``/``pmax`` + ``psum``; image order: this state's, then the other's, or
 device order). Every image must have the same size (as in anomalib). Normal pixels are counted in
 an auto-ranging :class:`~jaxmetrics_ad.histogram.ScoreHistogram` of ``B`` bins, and every normal
@@ -51,7 +52,8 @@ than ``tail_size`` normal pixels score higher — that covers the AUPIMO band up
 pixels at the default bounds, where snapping the bounds to the nearest threshold needs it (read
 off the histogram instead, the mean AUPIMO was 6e-4 off on the maps below). Mask
 pixels of anomalous images go to a second histogram: one channel per image (``capacity`` images at
-most, needed for per-image results; ``capacity × B × 8`` bytes) or, for the mean AUPIMO alone, one
+most, needed for per-image results; ``capacity × B × 8`` bytes; ``capacity`` counts *images*,
+where an exact AUROC's counts samples) or, for the mean AUPIMO alone, one
 channel weighted by 1/mask size (no image limit: the mean of the areas is the area of the mean TPR).
 Compute builds anomalib's thresholds from the exact normal min/max (equal up to one float32 ulp),
 reads the TPRs at them by linear interpolation inside the bins, and applies the same integration
@@ -62,11 +64,17 @@ the jitted grid may be one ulp off anomalib's). Measured against exact on
 (``B = 4096``) and 4e-7 (``B = 16384``); per-image AUPIMO within 2.4e-4 (``B = 1024``), 1.7e-4
 (``B = 4096``) and 6e-5 (``B = 16384``); see ``benchmarks/bench_pimo.py``. Inside jit, cases that
 raise eagerly give NaN instead.
+
+**Given thresholds** (``thresholds=`` a 1-D array, ascending): binned mode with both histograms at
+exactly those edges. The curves are then read at those K thresholds instead of anomalib's grid
+(``num_thresholds`` is their number), exact there: the shared FPR and each TPR count the pixels
+scoring ``>= t``, so AUPIMO is the integration rule applied to exact points of the curve.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
@@ -78,6 +86,7 @@ from flax import struct
 
 from jaxmetrics_ad import pimo_binned
 from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.pimo_binned import DEFAULT_TAIL_SIZE, BinnedCurves
 from jaxmetrics_ad.pimo_exact import EXACT_KEEP_ALL_PIXELS, ExactTails, fraction_at_or_above
 from jaxmetrics_ad.pimo_rule import (
@@ -95,6 +104,7 @@ from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shap
 __all__ = [
     "AUPIMO",
     "BOUND_RTOL",
+    "DEFAULT_NUM_THRESHOLDS",
     "DEFAULT_TAIL_SIZE",
     "EXACT_KEEP_ALL_PIXELS",
     "MIN_INTEGRATION_POINTS",
@@ -108,6 +118,8 @@ __all__ = [
     "anomalib_thresholds",
 ]
 
+DEFAULT_NUM_THRESHOLDS = 300_000
+"""anomalib's number of thresholds of the PIMO curve."""
 TAIL_MARGIN = 10.0
 """Exact mean AUPIMO: the kept normal tail carries this many times the upper FPR bound."""
 
@@ -171,22 +183,61 @@ class AUPIMOResult(struct.PyTreeNode):
 # -- the metrics -----------------------------------------------------------------------------------
 
 
-def _checked_config(
-    num_thresholds: int, num_bins: int | None, capacity: int | None, tail_size: int
-) -> None:
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
+class _Unset:
+    """The default of a deprecated argument: tells "not given" from None."""
 
-    if not is_int(num_thresholds) or num_thresholds < 2:
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _Unset()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _checked_config(
+    num_thresholds: int,
+    thresholds: Thresholds,
+    num_bins: Any,
+    capacity: int | None,
+    tail_size: int,
+    stacklevel: int = 4,
+) -> tuple[int | tuple[float, ...] | None, int]:
+    """``(thresholds, num_thresholds)`` as stored: None, a number of bins or a tuple of floats,
+    and the number of curve thresholds (that of the given thresholds, if any)."""
+    if num_bins is not _UNSET:
+        warnings.warn(
+            "num_bins= is deprecated and will be removed in the next release; use thresholds= "
+            "(None: exact, an int: binned with that many bins, an array: those thresholds), as "
+            "for AUROC",
+            DeprecationWarning,
+            stacklevel=stacklevel,
+        )
+        if thresholds is not None:
+            raise TypeError("give thresholds= or the deprecated num_bins=, not both")
+        thresholds = num_bins
+    if not _is_int(num_thresholds) or num_thresholds < 2:
         raise ValueError(f"num_thresholds must be an int >= 2, got {num_thresholds!r}")
-    if num_bins is not None and (not is_int(num_bins) or num_bins < 3):
-        raise ValueError(f"num_bins must be None (exact) or an int >= 3, got {num_bins!r}")
-    if capacity is not None and (not is_int(capacity) or capacity < 1):
-        raise ValueError(f"capacity must be None or a positive int, got {capacity!r}")
-    if capacity is not None and num_bins is None:
-        raise ValueError("capacity applies to streaming mode only (num_bins=<int>)")
-    if not is_int(tail_size) or tail_size < 1:
+    thresholds = _checked_thresholds(thresholds)
+    if isinstance(thresholds, tuple):
+        if num_thresholds not in (DEFAULT_NUM_THRESHOLDS, len(thresholds)):
+            raise ValueError(
+                f"num_thresholds={num_thresholds} with {len(thresholds)} given thresholds: the "
+                "curves are read at exactly the given ones; leave num_thresholds out"
+            )
+        num_thresholds = len(thresholds)
+    if capacity is not None and (not _is_int(capacity) or capacity < 1):
+        raise ValueError(f"capacity must be None or a positive int (images), got {capacity!r}")
+    if capacity is not None and thresholds is None:
+        raise ValueError(
+            "capacity applies to binned mode only (thresholds=<int or array>); exact mode keeps "
+            "any number of images"
+        )
+    if not _is_int(tail_size) or tail_size < 1:
         raise ValueError(f"tail_size must be a positive int, got {tail_size!r}")
+    return thresholds, int(num_thresholds)
 
 
 def _image_batch(array: jax.Array, field: str) -> jax.Array:
@@ -218,13 +269,19 @@ class _PerImageOverlapMetric(Metric):
 
     @property
     def is_exact(self) -> bool:
-        """True in exact mode (``num_bins=None``)."""
-        return self.num_bins is None
+        """True in exact mode (``thresholds=None``)."""
+        return self.thresholds is None
+
+    @property
+    def num_bins(self) -> int | None:
+        """Deprecated: bins per histogram of auto-ranging binned mode (``thresholds`` an int), else
+        None. Read ``thresholds`` instead."""
+        return self.thresholds if isinstance(self.thresholds, int) else None
 
     def _empty_state(self) -> ExactTails | BinnedCurves:
         if self.is_exact:
             return ExactTails.empty(self.tail_fraction)
-        return BinnedCurves.empty(self.num_bins, self.capacity, self.tail_size)
+        return BinnedCurves.empty(self.thresholds, self.capacity, self.tail_size)
 
     def _check_inputs(self, maps: jax.Array, masks: jax.Array) -> None:
         maps_field, masks_field = self.fields
@@ -243,7 +300,7 @@ class _PerImageOverlapMetric(Metric):
             seen, given = int(self.state.num_pixels), math.prod(maps.shape[1:])
             if seen not in (0, given):
                 raise ValueError(
-                    f"{maps_field}: images of {given} pixels after images of {seen}; streaming "
+                    f"{maps_field}: images of {given} pixels after images of {seen}; binned "
                     "mode needs one image size"
                 )
 
@@ -253,7 +310,7 @@ class _PerImageOverlapMetric(Metric):
             if is_traced(maps, masks):
                 raise TypeError(
                     f"{self.name}: exact mode keeps data-dependent amounts on the host; update it "
-                    "eagerly, or use num_bins=<int> inside jit"
+                    "eagerly, or use thresholds=<int> inside jit"
                 )
             state = self.state.add(maps, masks, keep_all_pixels=EXACT_KEEP_ALL_PIXELS)
             return state, jnp.zeros((), jnp.int32)
@@ -299,7 +356,9 @@ class _PerImageOverlapMetric(Metric):
 
     def _exact_curves(self) -> tuple[np.ndarray, np.ndarray]:
         if is_traced(*jax.tree_util.tree_leaves(self.state)):
-            raise TypeError(f"{self.name}: exact mode computes eagerly; use num_bins=<int> in jit")
+            raise TypeError(
+                f"{self.name}: exact mode computes eagerly; use thresholds=<int> in jit"
+            )
         thresholds = self.state.thresholds(self.num_thresholds)
         return thresholds, self.state.shared_fpr(thresholds.astype(np.float64))
 
@@ -341,14 +400,18 @@ class PIMO(_PerImageOverlapMetric):
 
     Args:
         num_thresholds: K, thresholds evenly spaced between the normal images' min and max score.
-        num_bins: None for exact mode; an int for streaming mode with that many bins per histogram.
-        capacity: streaming mode only, required: the most images the metric will see.
+        thresholds: None for exact mode; an int for binned mode with that many auto-ranging bins
+            per histogram; a 1-D array for binned mode at exactly those thresholds (then K is
+            their number). As AUROC's ``thresholds``.
+        capacity: binned mode only, required: the most *images* the metric will see (one
+            histogram channel each; unlike an exact AUROC's ``capacity``, which counts samples).
         tail_fraction: exact mode: 1.0 (the default) keeps every normal pixel; a smaller value is
             the shared FPR that the kept upper tail of the normal pixels carries once more than
             :data:`EXACT_KEEP_ALL_PIXELS` are held (``shared_fpr`` is NaN where it does not reach).
             It exists so that a PIMO can share the state of an ``AUPIMO`` (pass its
             :attr:`AUPIMO.tail_fraction`); for a curve of its own, leave it.
-        tail_size: streaming mode: how many of the highest normal scores are kept exactly.
+        tail_size: binned mode: how many of the highest normal scores are kept exactly.
+        num_bins: deprecated spelling of ``thresholds=<int>`` (DeprecationWarning).
 
     Example:
         >>> import numpy as np, jaxmetrics_ad as jm
@@ -357,31 +420,37 @@ class PIMO(_PerImageOverlapMetric):
         >>> result = jm.PIMO(num_thresholds=4)(maps, masks)
         >>> result.shared_fpr.tolist(), result.per_image_tprs[1].tolist()
         ([1.0, 0.75, 0.5, 0.25], [1.0, 1.0, 1.0, 0.5])
+        >>> binned = jm.PIMO(thresholds=[1.5, 3.5], capacity=2)(maps, masks)
+        >>> binned.shared_fpr.tolist(), binned.per_image_tprs[1].tolist()
+        ([0.75, 0.25], [1.0, 0.5])
     """
 
     def __init__(
         self,
-        num_thresholds: int = 300_000,
+        num_thresholds: int = DEFAULT_NUM_THRESHOLDS,
         *,
-        num_bins: int | None = None,
+        thresholds: Thresholds = None,
         capacity: int | None = None,
         tail_fraction: float = 1.0,
         tail_size: int = DEFAULT_TAIL_SIZE,
         fields: Sequence[str] | None = None,
         prefix: str = "",
         strict: bool = True,
+        num_bins: Any = _UNSET,
     ) -> None:
-        _checked_config(num_thresholds, num_bins, capacity, tail_size)
+        thresholds, num_thresholds = _checked_config(
+            num_thresholds, thresholds, num_bins, capacity, tail_size
+        )
         if isinstance(tail_fraction, bool) or not 0.0 < tail_fraction <= 1.0:
             raise ValueError(f"tail_fraction must be in (0, 1], got {tail_fraction!r}")
-        if num_bins is not None and capacity is None:
-            raise ValueError("PIMO in streaming mode needs capacity=<the most images it will see>")
+        if thresholds is not None and capacity is None:
+            raise ValueError("PIMO in binned mode needs capacity=<the most images it will see>")
         super().__init__(
             fields=fields,
             prefix=prefix,
             strict=strict,
             num_thresholds=num_thresholds,
-            num_bins=num_bins,
+            thresholds=thresholds,
             capacity=capacity,
             tail_fraction=float(tail_fraction),
             tail_size=tail_size,
@@ -408,10 +477,14 @@ class AUPIMO(_PerImageOverlapMetric):
         fpr_bounds: (lower, upper) shared FPR range of the integral, 0 < lower < upper <= 1.
         return_average: mean over anomalous images, or the per-image results.
         force: compute even with too few points in the integration range (with a warning).
-        num_bins: None for exact mode; an int for streaming mode with that many bins per histogram.
-        capacity: streaming mode: the most images it will see (needed for ``return_average=False``;
-            without it only the mean is kept, for any number of images).
-        tail_size: streaming mode: how many of the highest normal scores are kept exactly.
+        thresholds: None for exact mode; an int for binned mode with that many auto-ranging bins
+            per histogram; a 1-D array for binned mode at exactly those thresholds (then K is
+            their number). As AUROC's ``thresholds``.
+        capacity: binned mode: the most *images* it will see, one histogram channel each (needed
+            for ``return_average=False``; without it only the mean is kept, for any number of
+            images). Unlike an exact AUROC's ``capacity``, it counts images, not samples.
+        tail_size: binned mode: how many of the highest normal scores are kept exactly.
+        num_bins: deprecated spelling of ``thresholds=<int>`` (DeprecationWarning).
 
     Example:
         >>> import numpy as np, jaxmetrics_ad as jm
@@ -420,31 +493,37 @@ class AUPIMO(_PerImageOverlapMetric):
         >>> masks = np.stack([scores < 0, scores >= 90])  # a normal image, then an anomalous one
         >>> round(float(jm.AUPIMO(fpr_bounds=(0.01, 0.05))(maps, masks)), 4)
         0.2525
+        >>> given = np.linspace(0, 99, 30_000)  # binned at exactly these thresholds
+        >>> round(float(jm.AUPIMO(fpr_bounds=(0.01, 0.05), thresholds=given)(maps, masks)), 4)
+        0.2525
     """
 
     def __init__(
         self,
-        num_thresholds: int = 300_000,
+        num_thresholds: int = DEFAULT_NUM_THRESHOLDS,
         fpr_bounds: tuple[float, float] = (1e-5, 1e-4),
         return_average: bool = True,
         force: bool = False,
         *,
-        num_bins: int | None = None,
+        thresholds: Thresholds = None,
         capacity: int | None = None,
         tail_size: int = DEFAULT_TAIL_SIZE,
         fields: Sequence[str] | None = None,
         prefix: str = "",
         strict: bool = True,
+        num_bins: Any = _UNSET,
     ) -> None:
-        _checked_config(num_thresholds, num_bins, capacity, tail_size)
+        thresholds, num_thresholds = _checked_config(
+            num_thresholds, thresholds, num_bins, capacity, tail_size
+        )
         bounds = tuple(float(b) for b in fpr_bounds)
         if len(bounds) != 2 or not 0.0 < bounds[0] < bounds[1] <= 1.0:
             raise ValueError(
                 f"fpr_bounds must be (lower, upper) with 0 < lower < upper <= 1, got {fpr_bounds!r}"
             )
-        if num_bins is not None and capacity is None and not return_average:
+        if thresholds is not None and capacity is None and not return_average:
             raise ValueError(
-                "AUPIMO(return_average=False) in streaming mode needs capacity=<the most images>"
+                "AUPIMO(return_average=False) in binned mode needs capacity=<the most images>"
             )
         super().__init__(
             fields=fields,
@@ -454,7 +533,7 @@ class AUPIMO(_PerImageOverlapMetric):
             fpr_bounds=bounds,
             return_average=bool(return_average),
             force=bool(force),
-            num_bins=num_bins,
+            thresholds=thresholds,
             capacity=capacity,
             tail_size=tail_size,
         )

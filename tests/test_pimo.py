@@ -215,7 +215,7 @@ def test_bound_below_the_shared_fpr_range_raises():
 def test_needs_normal_and_anomalous_images(num_bins):
     maps, masks = category(0)
     normal = ~masks.any(axis=(1, 2))
-    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=num_bins)
+    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=num_bins)
     with pytest.raises(ValueError, match="anomalous image"):
         metric(maps[normal][:12], masks[normal][:12])
     with pytest.raises(ValueError, match="normal image"):
@@ -251,8 +251,8 @@ def test_masks_may_be_zero_one_integers():
         {"fpr_bounds": (0.0, 1e-4)},
         {"num_thresholds": 1},
         {"capacity": 10},
-        {"num_bins": 2},
-        {"num_bins": 64, "return_average": False},
+        {"thresholds": 2},
+        {"thresholds": 64, "return_average": False},
     ],
 )
 def test_bad_configuration_raises(arguments):
@@ -267,7 +267,7 @@ def test_pimo_tail_fraction_must_be_a_share():
 
 def test_streaming_pimo_needs_a_capacity():
     with pytest.raises(ValueError, match="capacity"):
-        jm.PIMO(num_bins=64)
+        jm.PIMO(thresholds=64)
 
 
 def test_exact_mode_refuses_jit_and_all_reduce():
@@ -283,12 +283,12 @@ def test_exact_mode_refuses_jit_and_all_reduce():
 
 
 def streaming_mean():
-    return jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=NUM_BINS)
+    return jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=NUM_BINS)
 
 
 def streaming_per_image():
     return jm.AUPIMO(
-        NUM_THRESHOLDS, BOUNDS, return_average=False, num_bins=NUM_BINS, capacity=CAPACITY
+        NUM_THRESHOLDS, BOUNDS, return_average=False, thresholds=NUM_BINS, capacity=CAPACITY
     )
 
 

@@ -21,7 +21,7 @@ from jaxmetrics_ad.synthetic import make_category
 # jitted compute once.
 SIZE = (32, 32)
 NUM_IMAGES = 16
-OPTIONS = {"num_thresholds": 3000, "num_bins": 256}
+OPTIONS = {"num_thresholds": 3000, "thresholds": 256}
 BOUNDS = (1e-2, 1e-1)
 CONFIGURATIONS = {
     "pimo": lambda: jm.PIMO(**OPTIONS, capacity=NUM_IMAGES),
@@ -119,3 +119,65 @@ def test_eager_compute_compiles_no_xla_program(kind):
     # jax arrays as inside jit, but AUPIMOResult.num_thresholds an int (as in anomalib)
     leaves = jax.tree_util.tree_leaves(value)
     assert all(isinstance(leaf, (jax.Array, int)) for leaf in leaves)
+
+
+# -- one spelling: thresholds=None | int | array, as AUROC's ---------------------------------------
+
+
+def test_num_bins_is_a_deprecated_spelling_of_thresholds():
+    with pytest.warns(DeprecationWarning, match="thresholds="):
+        old = jm.AUPIMO(**{**OPTIONS, "thresholds": None}, num_bins=256, fpr_bounds=BOUNDS)
+    new = jm.AUPIMO(**OPTIONS, fpr_bounds=BOUNDS)
+    assert old.config == new.config and old.thresholds == 256 and old.num_bins == 256
+    with pytest.raises(TypeError, match="not both"), pytest.warns(DeprecationWarning):
+        jm.PIMO(thresholds=64, num_bins=64, capacity=2)
+    assert jm.PIMO().num_bins is None and not jm.PIMO(thresholds=[0.5], capacity=2).is_exact
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        {"thresholds": 2},
+        {"thresholds": [0.5, 0.2], "capacity": 2},
+        {"thresholds": [0.1, 0.2], "num_thresholds": 7, "capacity": 2},
+        {"thresholds": None, "capacity": 2},
+    ],
+)
+def test_bad_thresholds_raise(arguments):
+    with pytest.raises(ValueError):
+        jm.PIMO(**arguments)
+
+
+def test_given_thresholds_read_exact_curves_there():
+    maps, masks = case(0)
+    given = np.linspace(maps.min(), maps.max(), 2000)[10:-10]
+    binned = jm.PIMO(thresholds=given, capacity=NUM_IMAGES)(maps, masks)
+    assert binned.thresholds.shape == (len(given),)
+    np.testing.assert_array_equal(binned.thresholds, given.astype(np.float32))
+    normal = ~masks.any(axis=(1, 2))
+    at = binned.thresholds[None, None, None, :]
+    expected_fpr = np.mean(np.mean(maps[normal][..., None] >= at, axis=(1, 2)), axis=0)
+    np.testing.assert_allclose(binned.shared_fpr, expected_fpr, rtol=1e-6)
+    image = np.flatnonzero(~normal)[0]
+    scores = maps[image][masks[image]]
+    expected_tpr = np.mean(scores[:, None] >= binned.thresholds[None, :], axis=0)
+    np.testing.assert_allclose(binned.per_image_tprs[image], expected_tpr, atol=1e-7)
+    # the jitted reader agrees (float32 arithmetic)
+    metric = jm.PIMO(thresholds=given, capacity=NUM_IMAGES).update(maps, masks)
+    jitted = jax.jit(lambda m: m.compute())(metric)
+    np.testing.assert_allclose(jitted.shared_fpr, binned.shared_fpr, rtol=1e-6)
+    np.testing.assert_allclose(jitted.per_image_tprs, binned.per_image_tprs, atol=1e-6)
+
+
+def test_aupimo_at_given_thresholds_equals_exact_mode_on_the_same_grid():
+    maps, masks = case(0)
+    normal = ~masks.any(axis=(1, 2))
+    exact = jm.AUPIMO(3000, BOUNDS, return_average=False, force=True)
+    _, expected = quietly(exact, maps, masks)
+    grid = jm.pimo.anomalib_thresholds(maps[normal].min(), maps[normal].max(), 3000)
+    given = jm.AUPIMO(
+        fpr_bounds=BOUNDS, return_average=False, force=True, thresholds=grid, capacity=NUM_IMAGES
+    )
+    _, result = quietly(given, maps, masks)
+    assert result.num_thresholds == expected.num_thresholds
+    np.testing.assert_allclose(result.aupimos, expected.aupimos, rtol=1e-5, atol=1e-7)

@@ -110,7 +110,7 @@ def test_binned_num_thresholds_counts_the_integration_points():
     maps, masks = category(0)
     expected = reference(0)
     metric = jm.AUPIMO(
-        NUM_THRESHOLDS, BOUNDS, return_average=False, num_bins=NUM_BINS, capacity=32
+        NUM_THRESHOLDS, BOUNDS, return_average=False, thresholds=NUM_BINS, capacity=32
     ).update(maps, masks)
     _, aupimo = quietly(metric.compute)
     assert isinstance(aupimo.num_thresholds, int)
@@ -127,7 +127,7 @@ def test_binned_num_thresholds_counts_the_integration_points():
 def test_aupimo_takes_a_singleton_channel_axis(num_bins, mask_layout):
     maps, masks = category(0)
     target = masks[:, None] if mask_layout == "N1HW" else masks
-    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=num_bins)
+    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=num_bins)
     value = quietly(metric.update(maps[:, None], target).compute)
     assert float(value) == float(quietly(metric.update(maps, masks).compute))
 
@@ -153,7 +153,7 @@ def test_float_masks_raise_type_error_naming_the_field(cls, num_bins):
     maps, masks = category(0)
     capacity = None if num_bins is None or cls is jm.AUPIMO else 32
     with pytest.raises(TypeError, match="gt_mask"):
-        cls(num_bins=num_bins, capacity=capacity).update(maps, masks.astype(np.float32))
+        cls(thresholds=num_bins, capacity=capacity).update(maps, masks.astype(np.float32))
 
 
 def test_forced_aupimo_warns_with_runtime_warning():
@@ -177,7 +177,7 @@ def test_pillow_bool_masks_inside_jit_equal_clean_masks_for_binned_aupimo():
     dirty = pillow_bool(masks)
     assert dirty.view(np.uint8).max() == 255
     step = jax.jit(lambda m, a, b: m.update(a, b))
-    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=NUM_BINS)
+    metric = jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=NUM_BINS)
     clean, stepped = step(metric, maps, masks), step(metric, maps, dirty)
     assert int(stepped.num_invalid) == 0
     assert int(stepped.state.num_anomalous) == int(clean.state.num_anomalous)
@@ -189,7 +189,7 @@ def test_pillow_bool_masks_eagerly_equal_clean_masks():
     dirty = pillow_bool(masks)
     for metric in (
         jm.AUPIMO(NUM_THRESHOLDS, BOUNDS),
-        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=NUM_BINS),
+        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=NUM_BINS),
     ):
         assert float(quietly(metric, maps, dirty)) == float(quietly(metric, maps, masks))
 
@@ -203,9 +203,9 @@ def test_streaming_readers_are_nan_after_invalid_input_inside_jit():
     bad[0, 0, 0] = 2
     step = jax.jit(lambda m, a, b: m.update(a, b))
     for metric in (
-        jm.PIMO(NUM_THRESHOLDS, num_bins=NUM_BINS, capacity=32),
-        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, return_average=False, num_bins=NUM_BINS, capacity=32),
-        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, num_bins=NUM_BINS),
+        jm.PIMO(NUM_THRESHOLDS, thresholds=NUM_BINS, capacity=32),
+        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, return_average=False, thresholds=NUM_BINS, capacity=32),
+        jm.AUPIMO(NUM_THRESHOLDS, BOUNDS, thresholds=NUM_BINS),
     ):
         stepped = step(metric, maps, bad)
         floats = jax.tree_util.tree_leaves(jax.jit(lambda m: m.compute())(stepped))
