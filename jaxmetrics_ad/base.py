@@ -577,7 +577,10 @@ def _jitted_update(metric: Metric, arrays: Sequence[jax.Array], valid: jax.Array
 def _as_jax(value: Any) -> Any:
     """A numpy result as a jax array (float64 becomes float32 without x64); others unchanged."""
     if isinstance(value, (np.ndarray, np.generic, float)) and not isinstance(value, bool):
-        return jnp.asarray(value)
+        # device_put, not jnp.asarray: the latter compiles a small program per new shape
+        return jax.device_put(
+            np.asarray(value, np.float32) if np.asarray(value).dtype == np.float64 else value
+        )
     return value
 
 

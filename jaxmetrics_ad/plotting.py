@@ -435,7 +435,7 @@ def _pimo_curves_of(metric):
     else:
         pimo = PIMO(
             metric.num_thresholds,
-            num_bins=metric.num_bins,
+            thresholds=metric.thresholds,
             capacity=metric.capacity,
             tail_size=metric.tail_size,
         )

@@ -33,7 +33,7 @@ BINS = 1024
 CHILD_TIMEOUT_S = 240
 IMAGE, PIXEL = ("pred_score", "gt_label"), ("anomaly_map", "gt_mask")
 # Small images: AUPIMO's default FPR bounds (1e-5, 1e-4) are below one pixel of the normal images.
-PIMO_OPTIONS = {"num_thresholds": 2000, "num_bins": BINS, "capacity": 16}
+PIMO_OPTIONS = {"num_thresholds": 2000, "thresholds": BINS, "capacity": 16}
 REGIONS = {"region_labels": True, "fields": ("anomaly_map", "gt_regions")}
 AUPIMO_OPTIONS = {**PIMO_OPTIONS, "fpr_bounds": (1e-2, 1e-1), "force": True}
 

@@ -137,7 +137,7 @@ def test_aupimo_per_image_figure_shows_the_mean_and_std_of_compute():
 
 
 @pytest.mark.parametrize(
-    "options", [{}, {"num_bins": 2048, "capacity": 16}], ids=["exact", "streaming"]
+    "options", [{}, {"thresholds": 2048, "capacity": 16}], ids=["exact", "streaming"]
 )
 def test_aupimo_average_figure_draws_the_curves_its_state_holds(options):
     metric = jm.AUPIMO(**AUPIMO_OPTIONS, **options).update(MAPS, MASKS)
@@ -151,7 +151,7 @@ def test_aupimo_average_figure_draws_the_curves_its_state_holds(options):
 
 
 def test_streaming_aupimo_without_capacity_has_no_curves_to_draw():
-    metric = jm.AUPIMO(**AUPIMO_OPTIONS, num_bins=2048).update(MAPS, MASKS)
+    metric = jm.AUPIMO(**AUPIMO_OPTIONS, thresholds=2048).update(MAPS, MASKS)
     with pytest.raises(ValueError, match="capacity"):
         metric.generate_figure()
 
