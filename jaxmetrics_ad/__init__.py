@@ -27,6 +27,7 @@ from jaxmetrics_ad.nnx_bridge import NNXMetric
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
 from jaxmetrics_ad.presorting import PBn, PGn
 from jaxmetrics_ad.pro import AUPRO, PRO
+from jaxmetrics_ad.spro import AUSPRO, SPRO, defects_from_ground_truth, saturation_areas
 from jaxmetrics_ad.statistics import AnomalyScoreDistribution, ManualThreshold, MinMax
 
 __all__ = [
@@ -34,9 +35,11 @@ __all__ = [
     "AUPR",
     "AUPRO",
     "AUROC",
+    "AUSPRO",
     "DEFAULT_NUM_BINS",
     "PIMO",
     "PRO",
+    "SPRO",
     "AUPIMOResult",
     "AnomalyScoreDistribution",
     "BinaryPrecisionRecallCurve",
@@ -59,6 +62,8 @@ __all__ = [
     "ScoreHistogram",
     "binned_pr_curve",
     "compare_per_image",
+    "defects_from_ground_truth",
     "pad_batch",
+    "saturation_areas",
     "wrap_metric",
 ]

@@ -339,3 +339,114 @@ def aupimo_reference(
         thresh_upper_bound=float(thresholds[upper_index]),
         num_points=num_points,
     )
+
+
+# -- sPRO / AU-sPRO (MVTec LOCO AD) and SegF1 (MVTec AD 2) ------------------------------------------
+
+
+def loco_saturation_area(mask: np.ndarray, threshold: float, relative: bool) -> float:
+    """MVTec LOCO's saturation area of one defect mask: ``min(τ, |d|)`` (absolute) or
+    ``int(τ · |d|)`` (relative), the latter at least 1 (0 would make sPRO 0/0).
+
+    >>> loco_saturation_area(np.ones((2, 5), bool), 0.25, True), loco_saturation_area(np.ones((2, 5)), 30, False)
+    (2.0, 10.0)
+    """
+    size = int(np.count_nonzero(mask))
+    if relative:
+        return float(max(int(threshold * size), 1))
+    return float(min(threshold, size))
+
+
+def _defect_list(masks: np.ndarray, saturation: np.ndarray):
+    """(image index, bool mask (H, W), saturation area) of every non-empty defect mask."""
+    defects = []
+    for image in range(masks.shape[0]):
+        for slot in range(masks.shape[1]):
+            mask = masks[image, slot].astype(bool)
+            if mask.any():
+                defects.append((image, mask, float(saturation[image, slot])))
+    return defects
+
+
+def loco_spro_curve(
+    maps: np.ndarray, masks: np.ndarray, saturation: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The sPRO curve, straight from its definition: one point per distinct score ``t`` (highest
+    first) after (0, 0): FPR = background pixels scoring ``>= t`` / background pixels, sPRO = mean
+    over defects of ``min(|{p in d : s(p) >= t}| / A_d, 1)``.
+
+    ``maps`` (N, H, W); ``masks`` (N, D, H, W), empty masks being padding; ``saturation`` (N, D)
+    areas in pixels. Background: pixels no mask of their image covers. O(thresholds × pixels).
+
+    >>> maps = np.array([[[0.9, 0.8, 0.1]]])
+    >>> fpr, spro = loco_spro_curve(maps, np.array([[[[1, 1, 0]]]]), np.array([[1.0]]))
+    >>> fpr.tolist(), spro.tolist()
+    ([0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 1.0])
+    """
+    maps = np.asarray(maps, np.float64)
+    masks = np.asarray(masks).astype(bool)
+    defects = _defect_list(masks, np.asarray(saturation, np.float64))
+    background = ~masks.any(axis=1)
+    num_background = int(background.sum())
+    if num_background == 0 or not defects:
+        raise ValueError("the curve needs a background pixel and a defect")
+    fpr, spro = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        fpr.append(float(np.sum(background & (maps >= t))) / num_background)
+        overlaps = [
+            min(np.count_nonzero(mask & (maps[image] >= t)) / area, 1.0)
+            for image, mask, area in defects
+        ]
+        spro.append(float(np.mean(overlaps)))
+    return np.array(fpr), np.array(spro)
+
+
+def loco_auspro(
+    maps: np.ndarray, masks: np.ndarray, saturation: np.ndarray, fpr_limit: float = 0.05
+) -> float:
+    """Area under :func:`loco_spro_curve` up to ``fpr_limit`` (trapezoid, sPRO interpolated at the
+    cut) divided by it; 0.0 without background or defect.
+
+    >>> maps = np.array([[[0.9, 0.8, 0.1, 0.0, 0.2, 0.3]]])
+    >>> round(loco_auspro(maps, np.array([[[[1, 1, 1, 0, 0, 0]]]]), np.array([[3.0]]), 1.0), 4)
+    0.7778
+    """
+    masks = np.asarray(masks).astype(bool)
+    if not (~masks.any(axis=1)).any() or not _defect_list(masks, np.asarray(saturation)):
+        return 0.0
+    fpr, spro = loco_spro_curve(maps, masks, saturation)
+    return float(_trapezoid_up_to(fpr, spro, fpr_limit) / fpr_limit)
+
+
+def loco_spro_at(
+    maps: np.ndarray, masks: np.ndarray, saturation: np.ndarray, threshold: float
+) -> float:
+    """Mean over defects of ``min(|{p in d : s(p) > threshold}| / A_d, 1)``; 1.0 without defects.
+
+    >>> loco_spro_at(np.array([[[0.9, 0.1]]]), np.array([[[[1, 1]]]]), np.array([[2.0]]), 0.5)
+    0.5
+    """
+    maps = np.asarray(maps, np.float64)
+    defects = _defect_list(np.asarray(masks).astype(bool), np.asarray(saturation, np.float64))
+    if not defects:
+        return 1.0
+    return float(
+        np.mean(
+            [
+                min(np.count_nonzero(mask & (maps[image] > threshold)) / area, 1.0)
+                for image, mask, area in defects
+            ]
+        )
+    )
+
+
+def pixel_f1(predicted: np.ndarray, actual: np.ndarray) -> float:
+    """``2 TP / (2 TP + FP + FN)`` of boolean arrays; 0.0 when nothing is predicted nor present.
+
+    >>> pixel_f1(np.array([1, 1, 0], bool), np.array([1, 0, 1], bool))
+    0.5
+    """
+    predicted, actual = np.asarray(predicted, bool), np.asarray(actual, bool)
+    tp = np.count_nonzero(predicted & actual)
+    denominator = 2 * tp + np.count_nonzero(predicted != actual)
+    return float(2 * tp / denominator) if denominator else 0.0
