@@ -266,6 +266,7 @@ class _PerImageOverlapMetric(Metric):
     """Shared state, input checks and image-class checks of PIMO and AUPIMO."""
 
     default_fields = ("anomaly_map", "gt_mask")
+    masks_samples = True
 
     @property
     def is_exact(self) -> bool:
@@ -304,8 +305,11 @@ class _PerImageOverlapMetric(Metric):
                     "mode needs one image size"
                 )
 
-    def _update_state(self, maps: jax.Array, masks: jax.Array):
+    def _update_state(self, maps: jax.Array, masks: jax.Array, valid: jax.Array | None = None):
         maps, masks = _image_batch(maps, self.fields[0]), _image_batch(masks, self.fields[1])
+        if self.is_exact and valid is not None and not is_traced(valid):
+            rows = np.asarray(valid)
+            maps, masks = jnp.asarray(np.asarray(maps)[rows]), jnp.asarray(np.asarray(masks)[rows])
         if self.is_exact:
             if is_traced(maps, masks):
                 raise TypeError(
@@ -314,7 +318,7 @@ class _PerImageOverlapMetric(Metric):
                 )
             state = self.state.add(maps, masks, keep_all_pixels=EXACT_KEEP_ALL_PIXELS)
             return state, jnp.zeros((), jnp.int32)
-        return self.state.add(maps, masks)
+        return self.state.add(maps, masks, valid)
 
     def _check_state(self) -> None:
         if self.is_exact:

@@ -107,20 +107,25 @@ class BinnedCurves(struct.PyTreeNode):
             capacity=capacity,
         )
 
-    def add(self, maps: jax.Array, masks: jax.Array) -> tuple[BinnedCurves, jax.Array]:
+    def add(
+        self, maps: jax.Array, masks: jax.Array, keep: jax.Array | None = None
+    ) -> tuple[BinnedCurves, jax.Array]:
         """Adds a batch (N, H, W); returns the state and the number of invalid pixels.
 
         Invalid pixels (non-finite score, mask value outside {0, 1}) are left out and counted; so
-        is a whole batch whose images differ in size from earlier ones.
+        is a whole batch whose images differ in size from earlier ones. ``keep`` (N,) leaves whole
+        images out without counting them (padding).
         """
         num_images = maps.shape[0]
         num_pixels = math.prod(maps.shape[1:])
+        keep = jnp.ones((num_images,), bool) if keep is None else keep
         scores = jnp.reshape(maps, (num_images, num_pixels)).astype(jnp.float32)
         labels = mask_labels(jnp.reshape(masks, (num_images, num_pixels)))
         same_size = (self.num_pixels == 0) | (self.num_pixels == num_pixels)
-        valid = jnp.isfinite(scores) & ((labels == 0) | (labels == 1)) & same_size
+        readable = jnp.isfinite(scores) & ((labels == 0) | (labels == 1)) & same_size
+        valid = readable & keep[:, None]
         positive = valid & (labels == 1)
-        is_anomalous = jnp.any(labels == 1, axis=1)
+        is_anomalous = jnp.any(labels == 1, axis=1) & keep
         normal_pixel = valid & ~is_anomalous[:, None]
         normal = self.normal.add(scores, jnp.where(normal_pixel, 0, -1))
         new_scores = jnp.where(normal_pixel, scores, -jnp.inf).ravel()
@@ -137,11 +142,12 @@ class BinnedCurves(struct.PyTreeNode):
                 scores, jnp.where(positive, 0, -1), jnp.reshape(weights, (1, -1))
             )
         else:
-            slots = self.num_images + jnp.arange(num_images, dtype=jnp.int32)
+            slots = self.num_images + jnp.cumsum(keep, dtype=jnp.int32) - 1
             stored = positive & (slots < self.capacity)[:, None]
             anomalous = self.anomalous.add(scores, jnp.where(stored, slots[:, None], -1))
+        kept_images = jnp.sum(keep, dtype=jnp.int32)
         num_anomalous = jnp.where(same_size, jnp.sum(is_anomalous), 0).astype(jnp.int32)
-        num_normal = jnp.where(same_size, num_images, 0) - num_anomalous
+        num_normal = jnp.where(same_size, kept_images, 0) - num_anomalous
         state = self.replace(
             normal=normal,
             tail_scores=tail_scores,
@@ -150,9 +156,9 @@ class BinnedCurves(struct.PyTreeNode):
             num_pixels=jnp.where(same_size, num_pixels, self.num_pixels).astype(jnp.int32),
             num_normal=self.num_normal + num_normal,
             num_anomalous=self.num_anomalous + num_anomalous,
-            num_images=self.num_images + jnp.where(same_size, num_images, 0),
+            num_images=self.num_images + jnp.where(same_size, kept_images, 0),
         )
-        return state, jnp.sum(~valid).astype(jnp.int32)
+        return state, jnp.sum(~readable & keep[:, None]).astype(jnp.int32)
 
     def merge(self, other: BinnedCurves) -> BinnedCurves:
         """The state of both image sets, this state's images first (exact: histograms add)."""
