@@ -27,6 +27,7 @@ from jaxmetrics_ad.nnx_bridge import NNXMetric
 from jaxmetrics_ad.pimo import AUPIMO, PIMO, AUPIMOResult, PIMOResult
 from jaxmetrics_ad.presorting import PBn, PGn
 from jaxmetrics_ad.pro import AUPRO, PRO
+from jaxmetrics_ad.segf1 import SegF1, SegF1PerImage, ValidationThreshold, fit_threshold
 from jaxmetrics_ad.spro import AUSPRO, SPRO, defects_from_ground_truth, saturation_areas
 from jaxmetrics_ad.statistics import AnomalyScoreDistribution, ManualThreshold, MinMax
 
@@ -60,9 +61,13 @@ __all__ = [
     "PIMOResult",
     "ScoreCurveMetric",
     "ScoreHistogram",
+    "SegF1",
+    "SegF1PerImage",
+    "ValidationThreshold",
     "binned_pr_curve",
     "compare_per_image",
     "defects_from_ground_truth",
+    "fit_threshold",
     "pad_batch",
     "saturation_areas",
     "wrap_metric",

@@ -326,3 +326,25 @@ def test_defects_from_ground_truth_file(tmp_path):
     mixed[5, 5] = 200
     with pytest.raises(ValueError, match="one defect per image"):
         jm.defects_from_ground_truth([mixed], config)
+
+
+def test_valid_leaves_padded_images_out():
+    maps, masks, saturation = random_case(1)
+    padded = (
+        np.concatenate([maps[:3], np.zeros_like(maps[:2])]),
+        np.concatenate([masks[:3], np.ones_like(masks[:2])]),
+        np.concatenate([saturation[:3], np.ones_like(saturation[:2])]),
+    )
+    valid = np.arange(5) < 3
+    step = jax.jit(lambda m, a, b, c, v: m.update(a, b, c, valid=v))
+    for metric in (
+        jm.AUSPRO(0.3, capacity=maps.size * 4),
+        jm.AUSPRO(0.3, thresholds=64),
+        jm.SPRO(),
+    ):
+        expected = float(metric.update(maps[:3], masks[:3], saturation[:3]).compute())
+        np.testing.assert_allclose(float(step(metric, *padded, valid).compute()), expected)
+        np.testing.assert_allclose(float(metric.update(*padded, valid=valid).compute()), expected)
+    assert float(jm.AUSPRO(0.3)(maps[:3], masks[:3], saturation[:3])) == pytest.approx(
+        loco_auspro(maps[:3], masks[:3], saturation[:3], 0.3), abs=2e-7
+    )
