@@ -51,6 +51,9 @@ def data() -> dict[str, np.ndarray]:
         "gt_regions": np.stack([ndimage.label(m, np.ones((3, 3)))[0] for m in category.gt_masks]),
         # bootstrap weights follow image ids, so that shards and one device draw the same ones
         "image_id": np.arange(len(category.gt_labels), dtype=np.int32),
+        # one defect per image for sPRO: the whole mask, saturating at half its size
+        "defect_masks": category.gt_masks[:, None],
+        "saturation_area": jm.saturation_areas(category.gt_masks[:, None], 0.5, True),
     }
 
 
@@ -72,6 +75,12 @@ def every_metric(capacity: int) -> list[jm.Metric]:
         jm.ManualThreshold(0.7),
         jm.PGn(thresholds=BINS, fields=IMAGE, prefix="binned_"),
         jm.Bootstrap(jm.AUROC(BINS, fields=PIXEL, prefix="bootstrap_"), 8, id_field="image_id"),
+        jm.SPRO(threshold=0.6),
+        jm.AUSPRO(thresholds=BINS, fpr_limit=0.3, prefix="binned_"),
+        jm.AUSPRO(capacity=capacity, fpr_limit=0.3, prefix="exact_"),
+        jm.ValidationThreshold(thresholds=BINS, method="quantile", q=0.99),
+        jm.SegF1(threshold=0.6),
+        jm.SegF1PerImage(threshold=0.6),
         jm.PBn(capacity=capacity, fields=IMAGE, prefix="exact_"),
         jm.PRO(threshold=0.6, **REGIONS),
         jm.PIMO(**PIMO_OPTIONS),
