@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import dataclasses
 import io as text_io
 import json
 import logging
@@ -142,29 +141,6 @@ def _compute_metric(name: str, metric: Any) -> float:
             f"{name}: expected a value (or NaN where the data leaves it undefined), got "
             f"{type(error).__name__} while computing: {text}; no results were written"
         ) from error
-
-
-@dataclasses.dataclass(frozen=True)
-class _CheckedSuite(suite.Suite):
-    """The suite, computed so that only "undefined on this data" becomes NaN (see _compute_metric).
-
-    ``Suite.compute(on_error="warn")`` turns every ValueError and RuntimeError into NaN, and jax
-    raises a RuntimeError for an out-of-memory device or an exception (Ctrl-C included) inside a
-    host callback, so those were written out as ``null`` with exit status 0.
-    """
-
-    @classmethod
-    def of(cls, metrics: suite.Suite) -> _CheckedSuite:
-        fields = dataclasses.fields(metrics)
-        return cls(**{field.name: getattr(metrics, field.name) for field in fields})
-
-    def compute(self, on_error: str = "warn") -> dict[str, float]:
-        """``{name: value}`` of the reported metrics; ``on_error`` is ignored (see above)."""
-        return {
-            name: _compute_metric(name, metric)
-            for name, metric in self.updated_metrics().items()
-            if name in suite.SUITE_METRICS
-        }
 
 
 def _metric_names(text: str) -> list[str]:
@@ -420,7 +396,7 @@ def _report(result: suite.SuiteResult, args: argparse.Namespace, title: str) -> 
         format_table(result.values),
         "",
     ]
-    bounds = {name: b for name, b in result.suite.error_bounds().items() if np.isfinite(b)}
+    bounds = {name: b for name, b in suite.error_bounds(result.evaluator).items() if np.isfinite(b)}
     if bounds:
         listed = ", ".join(f"{name} ≤ {bound:.1e}" for name, bound in bounds.items())
         lines.append(f"certified bounds on |binned - exact|: {listed}")
@@ -444,7 +420,8 @@ def _results_document(result: suite.SuiteResult, args: argparse.Namespace) -> di
         "mode": "exact" if args.exact else "binned",
         "num_bins": None if args.exact else args.bins,
         "error_bounds": {
-            name: _json_number(bound) for name, bound in result.suite.error_bounds().items()
+            name: _json_number(bound)
+            for name, bound in suite.error_bounds(result.evaluator).items()
         },
         "fpr_limit": args.fpr_limit,
         "num_images": result.num_images,
@@ -531,7 +508,7 @@ def write_plots(result: suite.SuiteResult, folder: Path, fpr_limit: float) -> li
     from jaxmetrics_ad import plotting
 
     folder.mkdir(parents=True, exist_ok=True)
-    metrics, values = result.suite.updated_metrics(), result.values
+    metrics, values = result.evaluator.metrics(), result.values
     figures: dict[str, Any] = {}
 
     def axes(name: str):
@@ -670,15 +647,18 @@ def _run(args: argparse.Namespace) -> int:
     else:
         num_images, batches = _mvtec_batches(args)
         title = str(args.dataset)
-    metrics = suite.build_suite(
+    evaluator = suite.build_suite(
         args.metrics,
         exact=args.exact,
         num_bins=args.bins,
         fpr_limit=args.fpr_limit,
         pimo_curves=args.plots is not None,
     )
+    # Metric by metric through _compute_metric: only "undefined on this data" becomes NaN. (The
+    # suite's on_error="warn" turns every ValueError and RuntimeError into NaN, and jax raises a
+    # RuntimeError for an out-of-memory device or an exception inside a host callback.)
     with _progress(num_images, args.quiet) as on_batch:
-        result = suite.evaluate(_CheckedSuite.of(metrics), batches, on_batch)
+        result = suite.evaluate(evaluator, batches, on_batch, compute_metric=_compute_metric)
     print(_report(result, args, title))
     if args.output is not None:
         text = _results_text(result, args, args.output)

@@ -6,9 +6,10 @@ maps. Result names are anomalib's, ``<level>_<ClassName>`` (``pixel_AUPRO``).
 
 Choices that keep it fast and its memory small, each measured on 300 maps of 256×256 (2-core CPU):
 
-* Curve metrics that read the same fields with the same thresholds (AUROC, AUPR, F1Max,
-  F1AdaptiveThreshold) keep the same state, so the suite updates it once per batch and lends it to
-  the others at compute time: four pixel curves cost one histogram (or, exact, one pixel buffer).
+* The suite is a preset of :class:`jaxmetrics_ad.Evaluator` (:func:`build_suite`): curve metrics
+  that read the same fields with the same thresholds (AUROC, AUPR, F1Max, F1AdaptiveThreshold)
+  share one state, updated once per batch: four pixel curves cost one histogram (or, exact, one
+  pixel buffer).
 * Pixel AUROC, AUPR, F1Max and AUPRO are binned by default (``num_bins`` auto-ranging bins,
   fixed-size state whatever the number of images, certified error bounds) or exact on request
   (every pixel kept and sorted at compute, as the MVTec AD script and anomalib do).
@@ -111,98 +112,75 @@ def _build_metric(name: str, exact: bool, num_bins: int, fpr_limit: float) -> Me
     )
 
 
-def _shared_state_key(metric: Metric) -> tuple[Any, ...] | None:
-    """Metrics with equal keys keep identical states (``None``: this metric shares nothing)."""
-    if isinstance(metric, jm.ScoreCurveMetric):
-        return ("curve", metric.fields, metric.thresholds, metric.capacity)
-    if isinstance(metric, (jm.PIMO, jm.AUPIMO)) and metric.is_exact:
-        return ("tails", metric.fields, metric.tail_fraction)
-    return None
+def reported_names(evaluator: jm.Evaluator) -> tuple[str, ...]:
+    """Names of the reported metrics of a suite evaluator, in report order.
+
+    Metrics not in :data:`SUITE_METRICS` (the PIMO curves kept for plots) are updated but not
+    reported.
+
+    >>> reported_names(build_suite(["pixel_F1Max", "pixel_AUROC"], exact=True))
+    ('pixel_AUROC', 'pixel_F1Max')
+    """
+    return tuple(name for name in evaluator.metrics() if name in SUITE_METRICS)
 
 
-def _one_level(metric: Metric) -> tuple[list[Any], Any]:
-    """A metric's children (state, counters) and a treedef that rebuilds it around other children."""
-    return jax.tree_util.tree_flatten(metric, is_leaf=lambda node: node is not metric)
+def _compute_one(name: str, metric: Metric) -> float:
+    return float(jax.device_get(metric.compute()))
 
 
-def _with_state_of(metric: Metric, source: Metric) -> Metric:
-    """``metric``'s configuration around ``source``'s state (they must share a state key)."""
-    _, treedef = _one_level(metric)
-    children, _ = _one_level(source)
-    return jax.tree_util.tree_unflatten(treedef, children)
+def compute(
+    evaluator: jm.Evaluator,
+    on_error: str = "raise",
+    compute_metric: Callable[[str, Metric], float] | None = None,
+) -> dict[str, float]:
+    """``{name: value}`` of the reported metrics, as Python floats, computed metric by metric.
 
-
-@dataclasses.dataclass(frozen=True)
-class Suite:
-    """A list of metrics updated together; metrics keeping identical states update it only once.
-
-    ``metrics`` holds the metrics as configured; ``state_sources[i]`` is the index of the metric
-    whose state metric ``i`` reads (``i`` itself for the one that is updated). Metrics whose name is
-    not in :data:`SUITE_METRICS` (the PIMO curves kept for plots) are updated but not reported by
-    :meth:`compute`. Build one with :func:`build_suite`.
+    ``on_error="warn"`` turns a metric that cannot be computed on this data (ValueError or
+    RuntimeError, e.g. AUPIMO with too few normal pixels to reach FPR 1e-5) into NaN and a
+    warning naming it, so the other metrics are still reported. ``compute_metric(name, metric)``,
+    when given, computes each value instead (and decides itself what an error becomes).
 
     >>> import numpy as np
-    >>> suite = build_suite(["image_AUROC", "image_F1Max"])
-    >>> suite = suite.update({"pred_score": np.array([0.2, 0.9]), "gt_label": np.array([0, 1])})
-    >>> suite.compute()
+    >>> ev = build_suite(["image_AUROC", "image_F1Max"])
+    >>> ev = ev.update({"pred_score": np.array([0.2, 0.9]), "gt_label": np.array([0, 1])})
+    >>> compute(ev)
     {'image_AUROC': 1.0, 'image_F1Max': 1.0}
     """
+    if on_error not in ("raise", "warn"):
+        raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+    metrics = evaluator.metrics()
+    if compute_metric is None and on_error == "raise" and set(metrics) <= set(SUITE_METRICS):
+        return {name: float(jax.device_get(value)) for name, value in evaluator.compute().items()}
+    results = {}
+    for name in reported_names(evaluator):
+        if compute_metric is not None:
+            results[name] = compute_metric(name, metrics[name])
+            continue
+        try:
+            results[name] = _compute_one(name, metrics[name])
+        except (ValueError, RuntimeError) as error:
+            if on_error == "raise":
+                raise
+            warnings.warn(f"{name} is NaN: {error}", UserWarning, stacklevel=2)
+            results[name] = float("nan")
+    return results
 
-    metrics: tuple[Metric, ...]
-    state_sources: tuple[int, ...]
 
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Names of the reported metrics, ``prefix + class name``, in report order."""
-        return tuple(metric.name for metric in self.metrics if metric.name in SUITE_METRICS)
+def error_bounds(evaluator: jm.Evaluator) -> dict[str, float]:
+    """Certified bounds on |binned − exact| of the binned AUROC and AUPRO metrics."""
+    return {
+        name: float(metric.error_bound())
+        for name, metric in evaluator.metrics().items()
+        if isinstance(metric, (jm.AUROC, jm.AUPRO)) and not metric.is_exact
+    }
 
-    def update(self, batch: Any) -> Suite:
-        """The suite after one more batch (a Mapping or an object with anomalib field names)."""
-        if any(REGION_FIELDS[1] in metric.fields for metric in self.metrics):
-            fields = {field: read_field(batch, field) for field in (*IMAGE_FIELDS, *PIXEL_FIELDS)}
-            batch = {**fields, REGION_FIELDS[1]: label_regions(fields["gt_mask"])}
-        metrics = tuple(
-            metric.update_from(batch) if source == index else metric
-            for index, (metric, source) in enumerate(zip(self.metrics, self.state_sources))
-        )
-        return dataclasses.replace(self, metrics=metrics)
 
-    def updated_metrics(self) -> dict[str, Metric]:
-        """Every metric by name, holding the data seen so far (states lent where shared)."""
-        return {
-            metric.name: _with_state_of(metric, self.metrics[source])
-            for metric, source in zip(self.metrics, self.state_sources)
-        }
-
-    def compute(self, on_error: str = "raise") -> dict[str, float]:
-        """``{name: value}`` of the reported metrics, as Python floats.
-
-        ``on_error="warn"`` turns a metric that cannot be computed on this data (ValueError or
-        RuntimeError, e.g. AUPIMO with too few normal pixels to reach FPR 1e-5) into NaN and a
-        warning naming it, so the other metrics are still reported.
-        """
-        if on_error not in ("raise", "warn"):
-            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
-        results = {}
-        for name, metric in self.updated_metrics().items():
-            if name not in SUITE_METRICS:
-                continue
-            try:
-                results[name] = float(jax.device_get(metric.compute()))
-            except (ValueError, RuntimeError) as error:
-                if on_error == "raise":
-                    raise
-                warnings.warn(f"{name} is NaN: {error}", UserWarning, stacklevel=2)
-                results[name] = float("nan")
-        return results
-
-    def error_bounds(self) -> dict[str, float]:
-        """Certified bounds on |binned − exact| of the binned AUROC and AUPRO metrics."""
-        return {
-            name: float(metric.error_bound())
-            for name, metric in self.updated_metrics().items()
-            if isinstance(metric, (jm.AUROC, jm.AUPRO)) and not metric.is_exact
-        }
+def with_regions(evaluator: jm.Evaluator, batch: Any) -> Any:
+    """``batch`` with ``gt_regions`` labelled on the host when a metric (AUPRO) reads them."""
+    if not any(REGION_FIELDS[1] in metric.fields for metric in evaluator.metrics().values()):
+        return batch
+    fields = {field: read_field(batch, field) for field in (*IMAGE_FIELDS, *PIXEL_FIELDS)}
+    return {**fields, REGION_FIELDS[1]: label_regions(fields["gt_mask"])}
 
 
 def build_suite(
@@ -212,8 +190,11 @@ def build_suite(
     num_bins: int = jm.DEFAULT_NUM_BINS,
     fpr_limit: float = 0.3,
     pimo_curves: bool = False,
-) -> Suite:
-    """The metrics ``names`` (default: all of :data:`SUITE_METRICS`) as one :class:`Suite`.
+) -> jm.Evaluator:
+    """The metrics ``names`` (default: all of :data:`SUITE_METRICS`) as one :class:`~jaxmetrics_ad.Evaluator`.
+
+    The Evaluator shares one state between the curve metrics that read the same fields with the
+    same thresholds, and updates eagerly (see :meth:`~jaxmetrics_ad.Evaluator.update`).
 
     Args:
         names: a subset of :data:`SUITE_METRICS`; results come in the suite's order.
@@ -221,14 +202,14 @@ def build_suite(
             instead of binning. Image metrics and AUPIMO are exact either way.
         num_bins: bins per binned pixel curve (AUROC, AUPR, F1Max, AUPRO).
         fpr_limit: the FPR up to which AUPRO integrates.
-        pimo_curves: also keep per-image PIMO curves (``pixel_PIMO``, not reported by compute) at
-            :data:`PIMO_PLOT_THRESHOLDS` thresholds, to plot them; they share AUPIMO's state.
+        pimo_curves: also keep per-image PIMO curves (``pixel_PIMO``, not reported by
+            :func:`compute`) at :data:`PIMO_PLOT_THRESHOLDS` thresholds, to plot them.
 
     Raises:
         ValueError: an unknown metric name or an empty selection.
 
-    >>> build_suite(["pixel_F1Max", "pixel_AUROC"], exact=True).names
-    ('pixel_AUROC', 'pixel_F1Max')
+    >>> list(build_suite(["pixel_F1Max", "pixel_AUROC"], exact=True).metrics())
+    ['pixel_AUROC', 'pixel_F1Max']
     """
     chosen = SUITE_METRICS if names is None else tuple(names)
     unknown = [name for name in chosen if name not in SUITE_METRICS]
@@ -241,12 +222,7 @@ def build_suite(
     if pimo_curves:
         tail_fraction = jm.AUPIMO().tail_fraction
         metrics.append(jm.PIMO(PIMO_PLOT_THRESHOLDS, tail_fraction=tail_fraction, prefix="pixel_"))
-    first_with_key: dict[tuple[Any, ...], int] = {}
-    sources = []
-    for index, metric in enumerate(metrics):
-        key = _shared_state_key(metric)
-        sources.append(index if key is None else first_with_key.setdefault(key, index))
-    return Suite(metrics=tuple(metrics), state_sources=tuple(sources))
+    return jm.Evaluator(metrics)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +231,7 @@ class SuiteResult:
 
     Attributes:
         values: ``{name: value}`` in report order.
-        suite: the suite after the last batch (for curves and plots).
+        evaluator: the evaluator after the last batch (for curves, plots and error bounds).
         num_images: images evaluated; ``num_anomalous`` of them have a defect.
         num_pixels: pixels of all maps.
         update_seconds: time spent loading batches and updating (compiles included).
@@ -263,7 +239,7 @@ class SuiteResult:
     """
 
     values: dict[str, float]
-    suite: Suite
+    evaluator: jm.Evaluator
     num_images: int
     num_anomalous: int
     num_pixels: int
@@ -277,14 +253,15 @@ class SuiteResult:
 
 
 def evaluate(
-    suite: Suite,
+    evaluator: jm.Evaluator,
     batches: Iterable[Any],
     on_batch: Callable[[int], None] | None = None,
     on_error: str = "raise",
+    compute_metric: Callable[[str, Metric], float] | None = None,
 ) -> SuiteResult:
-    """Update ``suite`` with every batch, then compute it; ``on_batch(images)`` reports progress.
+    """Feed every batch to ``evaluator.update``, then compute; ``on_batch(images)`` reports progress.
 
-    ``on_error`` is passed to :meth:`Suite.compute`.
+    ``on_error`` and ``compute_metric`` are passed to :func:`compute`.
 
     Batches need the fields ``anomaly_map``, ``gt_mask``, ``gt_label`` and ``pred_score`` (e.g.
     :class:`jaxmetrics_ad.io.Batch`); only one is held at a time, so with binned pixel metrics
@@ -300,19 +277,19 @@ def evaluate(
     num_images = num_anomalous = num_pixels = 0
     start = time.perf_counter()
     for batch in batches:
-        suite = suite.update(batch)
+        evaluator = evaluator.update(with_regions(evaluator, batch))
         labels = np.asarray(read_field(batch, "gt_label"))
         num_images += labels.size
         num_anomalous += int(np.count_nonzero(labels))
         num_pixels += int(np.size(read_field(batch, "anomaly_map")))
         if on_batch is not None:
             on_batch(labels.size)
-    jax.block_until_ready(suite.metrics)
+    jax.block_until_ready(evaluator)
     computed = time.perf_counter()
-    values = suite.compute(on_error)
+    values = compute(evaluator, on_error, compute_metric)
     return SuiteResult(
         values=values,
-        suite=suite,
+        evaluator=evaluator,
         num_images=num_images,
         num_anomalous=num_anomalous,
         num_pixels=num_pixels,
