@@ -529,9 +529,9 @@ def write_plots(result: suite.SuiteResult, folder: Path, fpr_limit: float) -> li
         fpr, pro = _thinned(*metrics["pixel_AUPRO"].curve())
         aupro = values["pixel_AUPRO"]
         plotting.plot_pro(fpr, pro, aupro=aupro, fpr_limit=fpr_limit, ax=axes("pro"), log_x=False)
-    if "pixel_PIMO" in metrics:
+    if "pixel_AUPIMO" in metrics:
         try:
-            curves = metrics["pixel_PIMO"].compute()
+            curves = suite.pimo_curves(metrics["pixel_AUPIMO"])
         except (ValueError, RuntimeError) as error:
             warnings.warn(f"no PIMO plot: {error}", UserWarning, stacklevel=2)
         else:
@@ -652,7 +652,6 @@ def _run(args: argparse.Namespace) -> int:
         exact=args.exact,
         num_bins=args.bins,
         fpr_limit=args.fpr_limit,
-        pimo_curves=args.plots is not None,
     )
     # Metric by metric through _compute_metric: only "undefined on this data" becomes NaN. (The
     # suite's on_error="warn" turns every ValueError and RuntimeError into NaN, and jax raises a

@@ -189,7 +189,6 @@ def build_suite(
     exact: bool = False,
     num_bins: int = jm.DEFAULT_NUM_BINS,
     fpr_limit: float = 0.3,
-    pimo_curves: bool = False,
 ) -> jm.Evaluator:
     """The metrics ``names`` (default: all of :data:`SUITE_METRICS`) as one :class:`~jaxmetrics_ad.Evaluator`.
 
@@ -201,9 +200,8 @@ def build_suite(
         exact: keep every pixel and sort at compute (numbers as the MVTec AD script / anomalib give)
             instead of binning. Image metrics and AUPIMO are exact either way.
         num_bins: bins per binned pixel curve (AUROC, AUPR, F1Max, AUPRO).
-        fpr_limit: the FPR up to which AUPRO integrates.
-        pimo_curves: also keep per-image PIMO curves (``pixel_PIMO``, not reported by
-            :func:`compute`) at :data:`PIMO_PLOT_THRESHOLDS` thresholds, to plot them.
+        fpr_limit: the FPR up to which AUPRO integrates. (PIMO curves for plots are read from
+            the AUPIMO's state afterwards: :func:`pimo_curves`.)
 
     Raises:
         ValueError: an unknown metric name or an empty selection.
@@ -219,10 +217,17 @@ def build_suite(
         raise ValueError("metrics: choose at least one metric")
     ordered = [name for name in SUITE_METRICS if name in chosen]
     metrics = [_build_metric(name, exact, num_bins, fpr_limit) for name in ordered]
-    if pimo_curves:
-        tail_fraction = jm.AUPIMO().tail_fraction
-        metrics.append(jm.PIMO(PIMO_PLOT_THRESHOLDS, tail_fraction=tail_fraction, prefix="pixel_"))
     return jm.Evaluator(metrics)
+
+
+def pimo_curves(aupimo: jm.AUPIMO) -> jm.PIMOResult:
+    """Per-image PIMO curves at :data:`PIMO_PLOT_THRESHOLDS` thresholds, read from an exact
+    AUPIMO's own state (for plots: nothing is kept twice)."""
+    pimo = jm.PIMO(PIMO_PLOT_THRESHOLDS, tail_fraction=aupimo.tail_fraction, prefix="pixel_")
+    pimo = pimo._replace(
+        state=aupimo.state, num_updates=aupimo.num_updates, num_invalid=aupimo.num_invalid
+    )
+    return pimo.compute()
 
 
 @dataclasses.dataclass(frozen=True)

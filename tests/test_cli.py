@@ -169,6 +169,8 @@ def test_evaluate_writes_csv_and_roc_pr_pro_plots(category, tmp_path, capsys):
     for name in ("roc.png", "pr.png", "pro.png"):
         with Image.open(tmp_path / "plots" / name) as image:
             assert image.size[0] > 100
+    # PIMO curves are read from the exact AUPIMO's own state (kept once), or said to be missing
+    assert (tmp_path / "plots" / "pimo.png").exists() or "no PIMO plot" in err
 
 
 def break_missing_folder(dataset, maps):
