@@ -21,6 +21,7 @@ from jaxmetrics_ad.classification import (
     binned_pr_curve,
 )
 from jaxmetrics_ad.comparison import Comparison, compare_per_image
+from jaxmetrics_ad.datasets import evaluate_dataset
 from jaxmetrics_ad.evaluator import Evaluator, pad_batch
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.nnx_bridge import NNXMetric
@@ -67,6 +68,7 @@ __all__ = [
     "binned_pr_curve",
     "compare_per_image",
     "defects_from_ground_truth",
+    "evaluate_dataset",
     "fit_threshold",
     "pad_batch",
     "saturation_areas",

@@ -3,7 +3,9 @@
 ``jaxmetrics-ad demo`` generates an MVTec-like category in memory and evaluates the full suite
 (:mod:`jaxmetrics_ad.suite`). ``jaxmetrics-ad evaluate`` reads anomaly maps and ground truth (MVTec
 AD layout, or one ``.npz``), streams them in batches and prints, and optionally saves, the metric
-table and curve plots. Run ``jaxmetrics-ad evaluate --help`` for the options.
+table and curve plots. Run ``jaxmetrics-ad evaluate --help`` for the options. A ``--dataset`` root holding
+several categories (``ROOT/<category>/test/...``) is evaluated category by category
+(:func:`jaxmetrics_ad.datasets.evaluate_dataset`): one row per category plus their mean.
 
 Pixel AUROC, AUPR, F1Max and AUPRO are binned by default: their state has a fixed size, so memory
 stays flat however many images there are, and the certified bounds on |binned − exact| of AUROC and
@@ -44,6 +46,7 @@ from jaxmetrics_ad.classification import DEFAULT_NUM_BINS
 
 PROGRAM = "jaxmetrics-ad"
 OUTPUT_SUFFIXES = (".json", ".csv")
+DATASET_OUTPUT_SUFFIXES = (".md", ".csv", ".json")
 # How many curve points a PNG needs; exact curves have one point per distinct score.
 _PLOT_POINTS = 20_000
 # Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a program that the signal ended.
@@ -198,7 +201,9 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help=f"images per batch (default: about {suite.BATCH_PIXELS / 1e6:.0f} Mpx per batch)",
     )
     parser.add_argument(
-        "--output", type=Path, help="write the results to this .json or .csv file (by extension)"
+        "--output",
+        type=Path,
+        help="write the results to this .json or .csv file, or .md for a dataset root (by extension)",
     )
     parser.add_argument("--plots", type=Path, help="write ROC, PR, PRO and PIMO curves (PNG) here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -243,11 +248,25 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     source = evaluate.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset", type=Path, help="MVTec AD category folder (with --maps)")
+    source.add_argument(
+        "--dataset",
+        type=Path,
+        help=(
+            "MVTec AD category folder (with --maps), or a dataset root holding several categories "
+            "(<category>/test/...; --maps then mirrors it by category): one row per category "
+            "plus their mean"
+        ),
+    )
     source.add_argument(
         "--npz", type=Path, help="one .npz file holding the whole set (read into memory at once)"
     )
     evaluate.add_argument("--maps", type=Path, help="anomaly maps folder mirroring test/")
+    evaluate.add_argument(
+        "--categories",
+        type=_metric_names,
+        default=None,
+        help="with a dataset root: comma-separated categories to evaluate (default: all found)",
+    )
     evaluate.add_argument(
         "--resize",
         choices=io.RESIZE_METHODS,
@@ -295,8 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_dataset_root(args: argparse.Namespace) -> bool:
+    """Whether ``evaluate --dataset`` names a root of several categories rather than one category."""
+    dataset = getattr(args, "dataset", None)
+    return dataset is not None and dataset.is_dir() and not (dataset / "test").is_dir()
+
+
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Fail before any work when the results could not be written."""
+    if _is_dataset_root(args):
+        _check_dataset_output(args)
+        return
+    if getattr(args, "categories", None) is not None:
+        raise InputError(
+            f"--categories: {args.dataset} is one category (it holds test/); give the dataset "
+            "root that holds the categories"
+        )
     if args.output is not None:
         if args.output.is_dir():
             raise InputError(
@@ -631,6 +664,79 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_dataset_output(args: argparse.Namespace) -> None:
+    if args.plots is not None:
+        raise InputError("--plots: plots are drawn for one category; give a category folder")
+    if args.output is None:
+        return
+    expected = "expected a .md, .csv or .json file name"
+    if args.output.is_dir():
+        raise InputError(f"--output {args.output}: {expected}, got an existing folder")
+    if args.output.suffix.lower() not in DATASET_OUTPUT_SUFFIXES:
+        raise InputError(f"--output {args.output}: {expected}, got suffix {args.output.suffix!r}")
+    if not args.output.parent.is_dir():
+        raise InputError(f"--output {args.output}: folder {args.output.parent} does not exist")
+    if not os.access(args.output.parent, os.W_OK | os.X_OK):
+        raise InputError(f"--output {args.output}: folder {args.output.parent} is not writable")
+
+
+def _evaluate_dataset(args: argparse.Namespace) -> int:
+    """``evaluate --dataset ROOT``: every category (or --categories) with one suite, and the mean."""
+    from jaxmetrics_ad import datasets
+
+    if args.maps is None:
+        raise InputError("--dataset needs --maps, the folder of anomaly maps")
+    start = time.perf_counter()
+
+    def progress(name: str, index: int, total: int, result: suite.SuiteResult) -> None:
+        if not args.quiet:
+            print(
+                f"[{index + 1}/{total}] {name}: {result.num_images} images "
+                f"({result.num_anomalous} anomalous) in {result.seconds:.2f} s",
+                file=sys.stderr,
+            )
+
+    results = datasets.evaluate_dataset(
+        args.dataset,
+        args.maps,
+        args.categories,
+        batch_size=args.batch_size,
+        resize=args.resize,
+        compute_metric=_compute_metric,
+        on_category=progress,
+        names=args.metrics,
+        exact=args.exact,
+        num_bins=args.bins,
+        fpr_limit=args.fpr_limit,
+    )
+    categories = [name for name in results if name != datasets.MEAN]
+    _, counts = datasets.mean_over_categories({name: results[name] for name in categories})
+    lines = [
+        f"{args.dataset}: {len(categories)} categories",
+        f"mode: {_mode_text(args)}",
+        "",
+        datasets.format_markdown(results),
+        "",
+    ]
+    lines += [
+        f"mean {name}: over {count} of {len(categories)} categories (NaN elsewhere)"
+        for name, count in counts.items()
+        if count < len(categories)
+    ]
+    lines.append(f"time: {time.perf_counter() - start:.2f} s (jit compiles included)")
+    print("\n".join(lines))
+    if args.output is not None:
+        text = datasets.format_results(results, args.output)
+        try:
+            write_atomically(args.output, text)
+        except OSError as error:
+            raise InputError(
+                f"--output {args.output}: cannot write the results: {error}"
+            ) from error
+        print(f"results written to {args.output}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "compare":
         return _compare(args)
@@ -638,6 +744,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.compile_cache:
         enable_compile_cache()
     suite.build_suite(args.metrics)  # rejects unknown names before any work
+    if args.command == "evaluate" and _is_dataset_root(args):
+        return _evaluate_dataset(args)
     if args.command == "demo":
         num_images, batches = _demo_batches(args)
         title = "demo (synthetic MVTec-like category)"
