@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,7 @@ from flax import struct
 
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
-from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
+from jaxmetrics_ad.classification import Thresholds, _checked_capacity, _checked_thresholds
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.regions import Labeller, check_labeller, connected_components
@@ -474,7 +474,150 @@ class RegionCurveState(struct.PyTreeNode):
         )
 
 
-class AUPRO(Metric):
+class RegionCurveMetric(Metric):
+    """Base of the metrics read off a :class:`RegionCurveState` (AUPRO, AU-sPRO): one curve of a
+    per-region overlap against the background FPR, integrated up to ``fpr_limit``.
+
+    Subclasses build the samples (``_update_state``) and say how an exact state holds each
+    sample's region size (:meth:`_exact_sizes`); compute, :meth:`curve`, :meth:`error_bound`
+    and the eager checks are shared.
+
+    Example:
+        >>> import jaxmetrics_ad as jm
+        >>> issubclass(jm.AUPRO, RegionCurveMetric)
+        True
+    """
+
+    exact_weights: ClassVar[int] = 1
+    """Weight rows an exact state keeps per sample."""
+    sample_word: ClassVar[str] = "pixels"
+    region_word: ClassVar[str] = "ground-truth region"
+    undefined_text: ClassVar[str] = "AUPRO is undefined and set to 0 (as in anomalib)"
+
+    @staticmethod
+    def _exact_sizes(channels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Per sample, the size whose inverse weighs it in the exact curve (host, numpy)."""
+        return weights[0]
+
+    @property
+    def is_exact(self) -> bool:
+        """True when the metric keeps the samples (``thresholds=None``)."""
+        return self.thresholds is None
+
+    def _empty_state(self) -> RegionCurveState:
+        if self.thresholds is None:
+            if self.capacity is None:
+                samples = ChunkedBuffer.empty(num_weights=self.exact_weights)
+            else:
+                samples = FixedBuffer.empty(self.capacity, num_weights=self.exact_weights)
+        elif isinstance(self.thresholds, int):
+            samples = ScoreHistogram.auto(self.thresholds, num_channels=2, num_weights=1)
+        else:
+            samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
+        return RegionCurveState(samples, jnp.zeros((), jnp.int32))
+
+    def _computes_on_host(self) -> bool:
+        return True
+
+    def _compute(self) -> jax.Array:
+        if not self.is_exact:
+            fpr, pro = _binned_curve(self.state)
+            area = _binned_area_up_to(fpr, pro, self.fpr_limit) / self.fpr_limit
+            xp = np if isinstance(area, np.generic | np.ndarray) else jnp
+            return xp.where(_is_defined(self.state), area, 0.0)
+        scores, channels, weights = self.state.samples.arrays()
+        fpr_limit = self.fpr_limit
+
+        exact_sizes = self._exact_sizes
+
+        def host(scores, channels, weights, num_regions) -> np.ndarray:
+            sizes = exact_sizes(channels, weights)
+            return np.float32(exact_aupro(scores, channels, sizes, num_regions, fpr_limit))
+
+        value = on_host(
+            host,
+            jax.ShapeDtypeStruct((), jnp.float32),
+            scores,
+            channels,
+            weights,
+            self.state.num_regions,
+        )
+        return jnp.where(self.state.samples.overflowed(), jnp.nan, value)
+
+    def curve(self) -> tuple[jax.Array, jax.Array]:
+        """(fpr, pro) points of the whole PRO curve from (0, 0) to FPR 1, for plotting.
+
+        The full curve, not cut at ``fpr_limit`` (:func:`~jaxmetrics_ad.plotting.plot_pro` marks and
+        shades the limit). Binned: one point per bin plus (0, 0), fixed length, jit-able. Exact: two
+        points per distinct background score (before and after its tie block), eager only. NaN
+        when invalid samples were given inside jit, like :meth:`compute`.
+
+        Example:
+            >>> import numpy as np, jaxmetrics_ad as jm
+            >>> maps, masks = np.array([[[0.9, 0.8], [0.8, 0.1]]]), np.array([[[1, 0], [0, 0]]])
+            >>> fpr, pro = jm.AUPRO().update(maps, masks).curve()
+            >>> [round(v, 3) for v in fpr.tolist()], pro.tolist()
+            ([0.0, 0.0, 0.667, 0.667, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+        """
+        if not self.is_exact:
+            fpr, pro = (jnp.asarray(v, jnp.float32) for v in _binned_curve(self.state))
+            return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
+        if is_traced(*jax.tree_util.tree_leaves(self.state)):
+            raise TypeError(
+                f"{self.name}: the exact curve has a data-dependent length; "
+                "use binned thresholds=<int> inside jit"
+            )
+        self._check_state()
+        scores, channels, weights = (np.asarray(a) for a in self.state.samples.arrays())
+        sizes = self._exact_sizes(channels, weights)
+        blocks = exact_pro_blocks(scores, channels, sizes, int(self.state.num_regions))
+        fpr = np.stack([blocks.fpr_gt, blocks.fpr_ge], axis=-1).ravel()
+        pro = np.stack([blocks.pro_gt, blocks.pro_ge], axis=-1).ravel()
+        fpr = np.concatenate(([0.0], fpr, [1.0]))
+        pro = np.concatenate(([0.0], pro, [blocks.pro_total]))
+        fpr, pro = jnp.asarray(fpr, jnp.float32), jnp.asarray(pro, jnp.float32)
+        return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
+
+    def error_bound(self) -> jax.Array:
+        """An upper bound on |binned AUPRO − exact AUPRO| (0 in exact mode), up to float32 rounding.
+
+        Inside a bin the exact curve runs from the bin's first corner to its second and stays in
+        the box they span, while the binned curve is the diagonal: a bin wholly below the limit is
+        off by at most half its box, ``Δfpr·Δpro / 2``; the bin that the limit cuts by at most
+        ``(limit − fpr_before)·Δpro``. The sum is divided by the limit. NaN when invalid samples
+        were given inside jit (the exact value is undefined then, so no bound holds).
+
+        Example:
+            >>> import numpy as np, jaxmetrics_ad as jm
+            >>> maps, masks = np.array([[[0.9, 0.8], [0.8, 0.1]]]), np.array([[[1, 0], [0, 0]]])
+            >>> float(jm.AUPRO(thresholds=1024).update(maps, masks).error_bound())  # no shared bin
+            0.0
+        """
+        if self.is_exact:
+            return self._poison_if_invalid(jnp.zeros((), jnp.float32))
+        bound = jnp.asarray(_binned_error_bound(self.state, self.fpr_limit), jnp.float32)
+        return self._poison_if_invalid(bound)
+
+    def _check_state(self) -> None:
+        if self.is_exact:
+            if bool(self.state.samples.overflowed()):
+                raise ValueError(
+                    f"{self.name}: more {self.sample_word} were added than capacity={self.capacity}"
+                )
+            has_background = _has_background(self.state.samples)
+        else:
+            counts = self.state.samples.counts
+            has_background = bool(np.any(counts.lo[0]) or np.any(counts.hi[0]))
+        if not has_background or int(self.state.num_regions) == 0:
+            missing = self.region_word if has_background else "background pixel"
+            warnings.warn(
+                f"{self.name}: no {missing}; {self.undefined_text}",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+class AUPRO(RegionCurveMetric):
     """Area under the per-region-overlap curve up to ``fpr_limit``, normalised by it (MVTec AD's AUPRO).
 
     The curve has one point per distinct score: x is the fraction of background pixels scoring at or
@@ -542,9 +685,8 @@ class AUPRO(Metric):
     ) -> None:
         if isinstance(fpr_limit, bool) or not 0.0 < float(fpr_limit) <= 1.0:
             raise ValueError(f"fpr_limit must be a number in (0, 1], got {fpr_limit!r}")
+        capacity = _checked_capacity(capacity, thresholds)
         thresholds = _checked_thresholds(thresholds)
-        if capacity is not None and thresholds is not None:
-            raise ValueError("capacity applies to exact mode (thresholds=None) only")
         super().__init__(
             fields=fields,
             prefix=prefix,
@@ -561,23 +703,6 @@ class AUPRO(Metric):
         """How binary masks are labelled: ``"auto"``, ``"host"`` or ``"lax"``."""
         return _configured_labeller(self)
 
-    @property
-    def is_exact(self) -> bool:
-        """True when the metric keeps every pixel (``thresholds=None``)."""
-        return self.thresholds is None
-
-    def _empty_state(self) -> RegionCurveState:
-        if self.thresholds is None:
-            if self.capacity is None:
-                samples = ChunkedBuffer.empty(num_weights=1)
-            else:
-                samples = FixedBuffer.empty(self.capacity, num_weights=1)
-        elif isinstance(self.thresholds, int):
-            samples = ScoreHistogram.auto(self.thresholds, num_channels=2, num_weights=1)
-        else:
-            samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
-        return RegionCurveState(samples, jnp.zeros((), jnp.int32))
-
     def _check_inputs(self, maps: jax.Array, target: jax.Array) -> None:
         _check_image_inputs(maps, target, self.fields, self.region_labels)
 
@@ -591,102 +716,6 @@ class AUPRO(Metric):
             channels = jnp.where(keep, channels, -1)
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
-
-    def _computes_on_host(self) -> bool:
-        return True
-
-    def _compute(self) -> jax.Array:
-        if not self.is_exact:
-            fpr, pro = _binned_curve(self.state)
-            area = _binned_area_up_to(fpr, pro, self.fpr_limit) / self.fpr_limit
-            xp = np if isinstance(area, np.generic | np.ndarray) else jnp
-            return xp.where(_is_defined(self.state), area, 0.0)
-        scores, channels, weights = self.state.samples.arrays()
-        fpr_limit = self.fpr_limit
-
-        def host(scores, channels, sizes, num_regions) -> np.ndarray:
-            return np.float32(exact_aupro(scores, channels, sizes, num_regions, fpr_limit))
-
-        value = on_host(
-            host,
-            jax.ShapeDtypeStruct((), jnp.float32),
-            scores,
-            channels,
-            weights[0],
-            self.state.num_regions,
-        )
-        return jnp.where(self.state.samples.overflowed(), jnp.nan, value)
-
-    def curve(self) -> tuple[jax.Array, jax.Array]:
-        """(fpr, pro) points of the whole PRO curve from (0, 0) to FPR 1, for plotting.
-
-        The full curve, not cut at ``fpr_limit`` (:func:`~jaxmetrics_ad.plotting.plot_pro` marks and
-        shades the limit). Binned: one point per bin plus (0, 0), fixed length, jit-able. Exact: two
-        points per distinct background score (before and after its tie block), eager only. NaN
-        when invalid samples were given inside jit, like :meth:`compute`.
-
-        Example:
-            >>> import numpy as np, jaxmetrics_ad as jm
-            >>> maps, masks = np.array([[[0.9, 0.8], [0.8, 0.1]]]), np.array([[[1, 0], [0, 0]]])
-            >>> fpr, pro = jm.AUPRO().update(maps, masks).curve()
-            >>> [round(v, 3) for v in fpr.tolist()], pro.tolist()
-            ([0.0, 0.0, 0.667, 0.667, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-        """
-        if not self.is_exact:
-            fpr, pro = (jnp.asarray(v, jnp.float32) for v in _binned_curve(self.state))
-            return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
-        if is_traced(*jax.tree_util.tree_leaves(self.state)):
-            raise TypeError(
-                f"{self.name}: the exact curve has a data-dependent length; "
-                "use binned thresholds=<int> inside jit"
-            )
-        self._check_state()
-        scores, channels, weights = (np.asarray(a) for a in self.state.samples.arrays())
-        blocks = exact_pro_blocks(scores, channels, weights[0], int(self.state.num_regions))
-        fpr = np.stack([blocks.fpr_gt, blocks.fpr_ge], axis=-1).ravel()
-        pro = np.stack([blocks.pro_gt, blocks.pro_ge], axis=-1).ravel()
-        fpr = np.concatenate(([0.0], fpr, [1.0]))
-        pro = np.concatenate(([0.0], pro, [blocks.pro_total]))
-        fpr, pro = jnp.asarray(fpr, jnp.float32), jnp.asarray(pro, jnp.float32)
-        return self._poison_if_invalid(fpr), self._poison_if_invalid(pro)
-
-    def error_bound(self) -> jax.Array:
-        """An upper bound on |binned AUPRO − exact AUPRO| (0 in exact mode), up to float32 rounding.
-
-        Inside a bin the exact curve runs from the bin's first corner to its second and stays in
-        the box they span, while the binned curve is the diagonal: a bin wholly below the limit is
-        off by at most half its box, ``Δfpr·Δpro / 2``; the bin that the limit cuts by at most
-        ``(limit − fpr_before)·Δpro``. The sum is divided by the limit. NaN when invalid samples
-        were given inside jit (the exact value is undefined then, so no bound holds).
-
-        Example:
-            >>> import numpy as np, jaxmetrics_ad as jm
-            >>> maps, masks = np.array([[[0.9, 0.8], [0.8, 0.1]]]), np.array([[[1, 0], [0, 0]]])
-            >>> float(jm.AUPRO(thresholds=1024).update(maps, masks).error_bound())  # no shared bin
-            0.0
-        """
-        if self.is_exact:
-            return self._poison_if_invalid(jnp.zeros((), jnp.float32))
-        bound = jnp.asarray(_binned_error_bound(self.state, self.fpr_limit), jnp.float32)
-        return self._poison_if_invalid(bound)
-
-    def _check_state(self) -> None:
-        if self.is_exact:
-            if bool(self.state.samples.overflowed()):
-                raise ValueError(
-                    f"{self.name}: more pixels were added than capacity={self.capacity}"
-                )
-            has_background = _has_background(self.state.samples)
-        else:
-            counts = self.state.samples.counts
-            has_background = bool(np.any(counts.lo[0]) or np.any(counts.hi[0]))
-        if not has_background or int(self.state.num_regions) == 0:
-            missing = "ground-truth region" if has_background else "background pixel"
-            warnings.warn(
-                f"{self.name}: no {missing}; AUPRO is undefined and set to 0 (as in anomalib)",
-                UserWarning,
-                stacklevel=3,
-            )
 
 
 def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -51,18 +50,10 @@ import numpy as np
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.classification import Thresholds, _checked_capacity, _checked_thresholds
-from jaxmetrics_ad.histogram import ScoreHistogram
-from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.pro import (
+    RegionCurveMetric,
     RegionCurveState,
     RegionOverlap,
-    _binned_area_up_to,
-    _binned_curve,
-    _binned_error_bound,
-    _has_background,
-    _is_defined,
-    exact_aupro,
-    exact_pro_blocks,
 )
 from jaxmetrics_ad.validation import check_binary, check_finite, is_traced
 
@@ -313,21 +304,15 @@ def _num_stored(maps: Any, masks: Any, saturation: Any) -> int:
 
 
 def _append_compact(buffer: Any, scores: jax.Array, channels: jax.Array, weights: jax.Array):
-    """``buffer.add`` of the samples whose channel is >= 0 only (padding is not stored)."""
-    if not is_traced(scores, channels, weights):
+    """``buffer.add`` storing only the samples whose channel is >= 0 (padding takes no room).
+
+    A FixedBuffer compacts by itself; eagerly, a growing ChunkedBuffer is given the kept samples
+    alone so it does not hold the padding either.
+    """
+    if isinstance(buffer, ChunkedBuffer) and not is_traced(scores, channels, weights):
         keep = np.asarray(channels) >= 0
         return buffer.add(scores[keep], channels[keep], weights[:, keep])
-    if isinstance(buffer, ChunkedBuffer):  # traced: the kept samples have no static number
-        return buffer.add(scores, channels, weights)
-    keep = channels >= 0
-    position = jnp.cumsum(keep, dtype=jnp.int32) - 1
-    slots = jnp.where(keep, buffer.count + position, buffer.capacity)
-    return buffer.replace(
-        scores=buffer.scores.at[slots].set(scores, mode="drop"),
-        channels=buffer.channels.at[slots].set(channels.astype(jnp.int8), mode="drop"),
-        weights=buffer.weights.at[:, slots].set(weights, mode="drop"),
-        count=buffer.count + jnp.sum(keep).astype(jnp.int32),
-    )
+    return buffer.add(scores, channels, weights)
 
 
 # -- SPRO -------------------------------------------------------------------------------------------
@@ -457,7 +442,7 @@ def _inverse_weights(channels: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return np.where(is_defect & (step > 0), 1.0 / np.where(step > 0, step, 1.0), 1.0)
 
 
-class AUSPRO(Metric):
+class AUSPRO(RegionCurveMetric):
     """Area under the sPRO curve up to ``fpr_limit``, normalised by it (MVTec LOCO's AU-sPRO).
 
     The curve has one point per distinct score ``t``: x is the fraction of background pixels (no
@@ -527,22 +512,14 @@ class AUSPRO(Metric):
             capacity=_checked_capacity(capacity, thresholds),
         )
 
-    @property
-    def is_exact(self) -> bool:
-        """True when the metric keeps the samples (``thresholds=None``)."""
-        return self.thresholds is None
+    exact_weights = 2  # rank within the defect and saturation area of each sample
+    sample_word = "samples"
+    region_word = "defect"
+    undefined_text = "AU-sPRO is undefined and set to 0"
 
-    def _empty_state(self) -> RegionCurveState:
-        if self.thresholds is None:
-            if self.capacity is None:
-                samples = ChunkedBuffer.empty(num_weights=2)
-            else:
-                samples = FixedBuffer.empty(self.capacity, num_weights=2)
-        elif isinstance(self.thresholds, int):
-            samples = ScoreHistogram.auto(self.thresholds, num_channels=2, num_weights=1)
-        else:
-            samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
-        return RegionCurveState(samples, jnp.zeros((), jnp.int32))
+    @staticmethod
+    def _exact_sizes(channels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        return _inverse_weights(channels, weights)
 
     def _check_inputs(self, maps: jax.Array, masks: jax.Array, saturation: jax.Array) -> None:
         _check_defect_inputs(maps, masks, saturation, self.fields)
@@ -574,61 +551,6 @@ class AUSPRO(Metric):
         """The number of defects seen (non-empty masks)."""
         return self.state.num_regions
 
-    def _compute(self) -> jax.Array:
-        if not self.is_exact:
-            fpr, spro = (jnp.asarray(v, jnp.float32) for v in _binned_curve(self.state))
-            area = _binned_area_up_to(fpr, spro, self.fpr_limit) / self.fpr_limit
-            return jnp.where(_is_defined(self.state), area, 0.0).astype(jnp.float32)
-        scores, channels, weights = self.state.samples.arrays()
-        fpr_limit = self.fpr_limit
-
-        def host(scores, channels, weights, num_defects) -> np.ndarray:
-            sizes = _inverse_weights(channels, weights)
-            return np.float32(exact_aupro(scores, channels, sizes, num_defects, fpr_limit))
-
-        value = on_host(
-            host,
-            jax.ShapeDtypeStruct((), jnp.float32),
-            scores,
-            channels,
-            weights,
-            self.state.num_regions,
-        )
-        return jnp.where(self.state.samples.overflowed(), jnp.nan, value)
-
-    def curve(self) -> tuple[jax.Array, jax.Array]:
-        """(fpr, spro) points of the whole sPRO curve from (0, 0) to FPR 1, for plotting.
-
-        Binned: one point per bin plus (0, 0), jit-able. Exact: two points per distinct background
-        score (before and after its tie block), eager only. NaN when invalid samples were given
-        inside jit.
-
-        Example:
-            >>> import numpy as np, jaxmetrics_ad as jm
-            >>> maps = np.array([[[0.9, 0.8, 0.1]]])
-            >>> fpr, spro = jm.AUSPRO().update(maps, np.array([[[[1, 0, 0]]]]), [[1.0]]).curve()
-            >>> fpr.tolist(), spro.tolist()
-            ([0.0, 0.0, 0.5, 0.5, 1.0, 1.0], [0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
-        """
-        if not self.is_exact:
-            fpr, spro = (jnp.asarray(v, jnp.float32) for v in _binned_curve(self.state))
-            return self._poison_if_invalid(fpr), self._poison_if_invalid(spro)
-        if is_traced(*jax.tree_util.tree_leaves(self.state)):
-            raise TypeError(
-                f"{self.name}: the exact curve has a data-dependent length; "
-                "use binned thresholds=<int> inside jit"
-            )
-        self._check_state()
-        scores, channels, weights = (np.asarray(a) for a in self.state.samples.arrays())
-        sizes = _inverse_weights(channels, weights)
-        blocks = exact_pro_blocks(scores, channels, sizes, int(self.state.num_regions))
-        fpr = np.stack([blocks.fpr_gt, blocks.fpr_ge], axis=-1).ravel()
-        spro = np.stack([blocks.pro_gt, blocks.pro_ge], axis=-1).ravel()
-        fpr = np.concatenate(([0.0], fpr, [1.0]))
-        spro = np.concatenate(([0.0], spro, [blocks.pro_total]))
-        fpr, spro = jnp.asarray(fpr, jnp.float32), jnp.asarray(spro, jnp.float32)
-        return self._poison_if_invalid(fpr), self._poison_if_invalid(spro)
-
     def error_bound(self) -> jax.Array:
         """An upper bound on |binned AU-sPRO − exact AU-sPRO| (0 in exact mode), up to float32
         rounding.
@@ -651,25 +573,4 @@ class AUSPRO(Metric):
             >>> value, float(m.error_bound()), float(jm.AUSPRO(fpr_limit=1.0)(*data))
             (0.5, 0.5, 0.5)
         """
-        if self.is_exact:
-            return self._poison_if_invalid(jnp.zeros((), jnp.float32))
-        bound = jnp.asarray(_binned_error_bound(self.state, self.fpr_limit), jnp.float32)
-        return self._poison_if_invalid(bound)
-
-    def _check_state(self) -> None:
-        if self.is_exact:
-            if bool(self.state.samples.overflowed()):
-                raise ValueError(
-                    f"{self.name}: more samples were added than capacity={self.capacity}"
-                )
-            has_background = _has_background(self.state.samples)
-        else:
-            counts = self.state.samples.counts
-            has_background = bool(np.any(counts.lo[0]) or np.any(counts.hi[0]))
-        if not has_background or int(self.state.num_regions) == 0:
-            missing = "defect" if has_background else "background pixel"
-            warnings.warn(
-                f"{self.name}: no {missing}; AU-sPRO is undefined and set to 0",
-                UserWarning,
-                stacklevel=3,
-            )
+        return super().error_bound()
