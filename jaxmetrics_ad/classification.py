@@ -234,9 +234,7 @@ class ScoreCurveMetric(Metric):
             _, channels = self._host_samples()
             positives, negatives = int(np.sum(channels == 1)), int(np.sum(channels == 0))
         else:
-            negatives, positives = (float(t) for t in np.asarray(self.state.counts.lo).sum(axis=1))
-            positives += float(np.asarray(self.state.counts.hi)[1].sum())
-            negatives += float(np.asarray(self.state.counts.hi)[0].sum())
+            negatives, positives = (float(t) for t in self.state.counts.as_float64().sum(axis=1))
         _warn_one_class(self.name, positives, negatives, self.one_class_consequence)
 
 
@@ -287,9 +285,7 @@ class AUROC(ScoreCurveMetric):
             negatives, positives = self.state.counts.as_float()
             tied = jnp.sum(positives * negatives)
             return 0.5 * tied / (jnp.sum(positives) * jnp.sum(negatives))
-        counts = np.asarray(self.state.counts.hi, np.float64) * 2.0**32 + np.asarray(
-            self.state.counts.lo, np.float64
-        )
+        counts = self.state.counts.as_float64()
         negatives, positives = counts
         with np.errstate(invalid="ignore", divide="ignore"):
             bound = 0.5 * np.sum(positives * negatives) / (positives.sum() * negatives.sum())

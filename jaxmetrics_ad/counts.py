@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 _WORD = 4294967296.0  # 2**32
@@ -62,10 +63,18 @@ class WideCount(struct.PyTreeNode):
         """The counts as float32 (relative rounding error below 6e-8)."""
         return self.hi.astype(jnp.float32) * _WORD + self.lo.astype(jnp.float32)
 
+    def as_float64(self) -> np.ndarray:
+        """The counts as a numpy float64 array on the host (exact up to 2**53; eager only).
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> WideCount(lo=jnp.array([5], jnp.uint32), hi=jnp.array([1], jnp.uint32)).as_float64()
+            array([4.2949673e+09])
+        """
+        return np.asarray(self.hi, np.float64) * _WORD + np.asarray(self.lo, np.float64)
+
     def as_int(self) -> int:
         """The total of all counts as an exact Python int (host side, not jit-able)."""
-        import numpy as np
-
         lo = np.asarray(self.lo, dtype=np.uint64)
         hi = np.asarray(self.hi, dtype=np.uint64)
         return int(sum(int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())))

@@ -208,9 +208,7 @@ class ScoreHistogram(struct.PyTreeNode):
             >>> counts[:, -1].tolist(), counts.dtype
             ([2.0, 2.0], dtype('float64'))
         """
-        counts = np.asarray(self.counts.hi, np.float64) * 2.0**32 + np.asarray(
-            self.counts.lo, np.float64
-        )
+        counts = self.counts.as_float64()
         weights = np.asarray(self.weights, np.float64)
         if self.edges is not None:
             edges = np.concatenate([[-np.inf], np.asarray(self.edges, np.float32)])

@@ -278,9 +278,7 @@ def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
             histogram.offset,
             fixed,
         )
-    counts = np.asarray(histogram.counts.hi, np.float64) * 2.0**32 + np.asarray(
-        histogram.counts.lo, np.float64
-    )
+    counts = histogram.counts.as_float64()
     exponent, offset = int(histogram.exponent), int(histogram.offset)
     if fixed is None:  # the float32 values jax computes: the index is rounded to float32 first
         index = (offset + np.arange(histogram.num_bins + 1)).astype(np.float32)
