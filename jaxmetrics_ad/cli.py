@@ -43,10 +43,13 @@ import numpy as np
 
 from jaxmetrics_ad import io, suite
 from jaxmetrics_ad.classification import DEFAULT_NUM_BINS
+from jaxmetrics_ad.layouts import LAYOUTS
+from jaxmetrics_ad.protocols import PROTOCOLS
 
 PROGRAM = "jaxmetrics-ad"
 OUTPUT_SUFFIXES = (".json", ".csv")
-DATASET_OUTPUT_SUFFIXES = (".md", ".csv", ".json")
+DATASET_OUTPUT_SUFFIXES = (".md", ".csv", ".json", ".tex")
+DEFAULT_FPR_LIMIT = 0.3
 # How many curve points a PNG needs; exact curves have one point per distinct score.
 _PLOT_POINTS = 20_000
 # Exit status after Ctrl-C: 128 + SIGINT, as a shell reports a program that the signal ended.
@@ -192,7 +195,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
         help="comma-separated subset of: " + ", ".join(suite.SUITE_METRICS),
     )
     parser.add_argument(
-        "--fpr-limit", type=_fpr_limit, default=0.3, help="FPR up to which AUPRO integrates"
+        "--fpr-limit",
+        type=_fpr_limit,
+        default=None,
+        help=f"FPR up to which AUPRO integrates (default: {DEFAULT_FPR_LIMIT}; a --protocol sets its own)",
     )
     parser.add_argument(
         "--batch-size",
@@ -203,7 +209,10 @@ def _add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output",
         type=Path,
-        help="write the results to this .json or .csv file, or .md for a dataset root (by extension)",
+        help=(
+            "write the results to this .json or .csv file; for a dataset root or a --protocol "
+            "also .md (Markdown) or .tex (LaTeX, booktabs); by extension"
+        ),
     )
     parser.add_argument("--plots", type=Path, help="write ROC, PR, PRO and PIMO curves (PNG) here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -268,6 +277,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="with a dataset root: comma-separated categories to evaluate (default: all found)",
     )
     evaluate.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default=None,
+        help=(
+            "a benchmark's metric set: mvtec_ad and visa (image AUROC, pixel AUROC, AU-PRO to FPR "
+            "0.3), mvtec_ad2 (AU-PRO to FPR 0.05, SegF1 at a threshold fitted on validation/good, "
+            "oracle F1Max), mvtec_loco (image AUROC, AU-sPRO to FPR 0.05); default: the suite"
+        ),
+    )
+    evaluate.add_argument(
+        "--layout",
+        choices=("auto", *LAYOUTS),
+        default="auto",
+        help=(
+            "folder layout of every category (default: detected per category): mvtec_ad "
+            "(= visa after its 1cls split), mvtec_ad2 (test_public/), mvtec_loco "
+            "(ground_truth/<defect>/<name>/000.png, defects_config.json)"
+        ),
+    )
+    evaluate.add_argument(
         "--resize",
         choices=io.RESIZE_METHODS,
         default="bilinear",
@@ -316,13 +345,53 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_dataset_root(args: argparse.Namespace) -> bool:
     """Whether ``evaluate --dataset`` names a root of several categories rather than one category."""
+    from jaxmetrics_ad import layouts
+
     dataset = getattr(args, "dataset", None)
-    return dataset is not None and dataset.is_dir() and not (dataset / "test").is_dir()
+    return dataset is not None and dataset.is_dir() and not layouts.is_category(dataset)
+
+
+def _layout(args: argparse.Namespace) -> str | None:
+    layout = getattr(args, "layout", "auto")
+    return None if layout in (None, "auto") else layout
+
+
+def _one_category_in_dataset_engine(args: argparse.Namespace) -> bool:
+    """One category folder evaluated as a one-row dataset: with a --protocol, or in a layout other
+    than MVTec AD's (MVTec AD 2, MVTec LOCO), which only the dataset engine reads."""
+    from jaxmetrics_ad import layouts
+
+    dataset = getattr(args, "dataset", None)
+    if dataset is None or not dataset.is_dir() or not layouts.is_category(dataset):
+        return False
+    if getattr(args, "protocol", None) is not None:
+        return True
+    layout = _layout(args)
+    if layout is None:
+        try:
+            layout = layouts.detect_layout(dataset)
+        except ValueError:
+            return False  # the single-category reader names the problem
+    return layouts.canonical_layout(layout) != "mvtec_ad"
+
+
+def _uses_dataset_engine(args: argparse.Namespace) -> bool:
+    return _is_dataset_root(args) or _one_category_in_dataset_engine(args)
 
 
 def _check_output_paths(args: argparse.Namespace) -> None:
     """Fail before any work when the results could not be written."""
-    if _is_dataset_root(args):
+    if getattr(args, "protocol", None) is not None:
+        if args.metrics is not None:
+            raise InputError(f"--metrics: --protocol {args.protocol} fixes the metrics")
+        if args.fpr_limit is not None:
+            raise InputError(f"--fpr-limit: --protocol {args.protocol} fixes the FPR limits")
+    if _uses_dataset_engine(args):
+        if getattr(args, "categories", None) is not None and not _is_dataset_root(args):
+            raise InputError(
+                f"--categories: {args.dataset} is one category; give the dataset root that "
+                "holds the categories"
+            )
         _check_dataset_output(args)
         return
     if getattr(args, "categories", None) is not None:
@@ -446,8 +515,37 @@ def _json_number(value: float) -> float | None:
     return value if np.isfinite(value) else None
 
 
-def _results_document(result: suite.SuiteResult, args: argparse.Namespace) -> dict[str, Any]:
+def _named(batches: Iterator[io.Batch], names: list[str]) -> Iterator[io.Batch]:
+    """The batches, each one's image names appended to ``names`` (in update order)."""
+    for batch in batches:
+        names.extend(batch.name)
+        yield batch
+
+
+def per_image_values(result: suite.SuiteResult, image_names: Sequence[str]) -> dict[str, Any]:
+    """``{"pixel_AUPIMO": {image: value or None}}`` when the suite has AUPIMO (else empty): the
+    ``per_image`` entry that ``jaxmetrics-ad compare`` reads. None for normal images, and for
+    every image when AUPIMO is undefined on the data."""
+    from jaxmetrics_ad import protocols
+
+    aupimo = result.evaluator.metrics().get("pixel_AUPIMO")
+    if aupimo is None or not aupimo.is_exact:
+        return {}
+    try:
+        values = protocols.per_image_aupimo(aupimo).tolist()
+    except (ValueError, RuntimeError):
+        values = [float("nan")] * len(image_names)
+    if len(values) != len(image_names):
+        return {}
+    return {"pixel_AUPIMO": {n: _json_number(v) for n, v in zip(image_names, values)}}
+
+
+def _results_document(
+    result: suite.SuiteResult, args: argparse.Namespace, image_names: Sequence[str] = ()
+) -> dict[str, Any]:
     values = {name: _json_number(value) for name, value in result.values.items()}
+    per_image = per_image_values(result, image_names)
+    extra = {"per_image": per_image} if per_image else {}
     return {
         "metrics": values,
         "mode": "exact" if args.exact else "binned",
@@ -461,12 +559,16 @@ def _results_document(result: suite.SuiteResult, args: argparse.Namespace) -> di
         "num_anomalous": result.num_anomalous,
         "num_pixels": result.num_pixels,
         "seconds": round(result.seconds, 3),
+        **extra,
     }
 
 
-def _results_text(result: suite.SuiteResult, args: argparse.Namespace, path: Path) -> str:
+def _results_text(
+    result: suite.SuiteResult, args: argparse.Namespace, path: Path, image_names: Sequence[str] = ()
+) -> str:
     if path.suffix.lower() == ".json":
-        return json.dumps(_results_document(result, args), indent=2, allow_nan=False) + "\n"
+        document = _results_document(result, args, image_names)
+        return json.dumps(document, indent=2, allow_nan=False) + "\n"
     buffer = text_io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["metric", "value"])
@@ -666,10 +768,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 def _check_dataset_output(args: argparse.Namespace) -> None:
     if args.plots is not None:
-        raise InputError("--plots: plots are drawn for one category; give a category folder")
+        raise InputError(
+            "--plots: plots are drawn for one category with the default suite; give a category "
+            "folder without --protocol"
+        )
     if args.output is None:
         return
-    expected = "expected a .md, .csv or .json file name"
+    expected = "expected a .md, .csv, .json or .tex file name"
     if args.output.is_dir():
         raise InputError(f"--output {args.output}: {expected}, got an existing folder")
     if args.output.suffix.lower() not in DATASET_OUTPUT_SUFFIXES:
@@ -696,23 +801,31 @@ def _evaluate_dataset(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
 
-    results = datasets.evaluate_dataset(
-        args.dataset,
-        args.maps,
-        args.categories,
+    options: dict[str, Any] = {"exact": args.exact, "num_bins": args.bins}
+    if args.protocol is None:
+        options.update(names=args.metrics, fpr_limit=args.fpr_limit)
+    common = dict(
+        protocol=args.protocol,
+        layout=_layout(args),
         batch_size=args.batch_size,
         resize=args.resize,
         compute_metric=_compute_metric,
         on_category=progress,
-        names=args.metrics,
-        exact=args.exact,
-        num_bins=args.bins,
-        fpr_limit=args.fpr_limit,
+        **options,
     )
+    if _is_dataset_root(args):
+        results = datasets.evaluate_dataset(args.dataset, args.maps, args.categories, **common)
+    else:
+        if not args.maps.is_dir():
+            raise InputError(f"anomaly maps folder not found: {args.maps}")
+        results = datasets.evaluate_categories(
+            {args.dataset.name: (args.dataset, args.maps)}, **common
+        )
     categories = [name for name in results if name != datasets.MEAN]
     _, counts = datasets.mean_over_categories({name: results[name] for name in categories})
+    protocol = f"protocol {args.protocol}" if args.protocol else "the default suite"
     lines = [
-        f"{args.dataset}: {len(categories)} categories",
+        f"{args.dataset}: {len(categories)} categories, {protocol}",
         f"mode: {_mode_text(args)}",
         "",
         datasets.format_markdown(results),
@@ -744,7 +857,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.compile_cache:
         enable_compile_cache()
     suite.build_suite(args.metrics)  # rejects unknown names before any work
-    if args.command == "evaluate" and _is_dataset_root(args):
+    if args.fpr_limit is None and getattr(args, "protocol", None) is None:
+        args.fpr_limit = DEFAULT_FPR_LIMIT
+    if args.command == "evaluate" and _uses_dataset_engine(args):
         return _evaluate_dataset(args)
     if args.command == "demo":
         num_images, batches = _demo_batches(args)
@@ -764,11 +879,14 @@ def _run(args: argparse.Namespace) -> int:
     # Metric by metric through _compute_metric: only "undefined on this data" becomes NaN. (The
     # suite's on_error="warn" turns every ValueError and RuntimeError into NaN, and jax raises a
     # RuntimeError for an out-of-memory device or an exception inside a host callback.)
+    image_names: list[str] = []
     with _progress(num_images, args.quiet) as on_batch:
-        result = suite.evaluate(evaluator, batches, on_batch, compute_metric=_compute_metric)
+        result = suite.evaluate(
+            evaluator, _named(batches, image_names), on_batch, compute_metric=_compute_metric
+        )
     print(_report(result, args, title))
     if args.output is not None:
-        text = _results_text(result, args, args.output)
+        text = _results_text(result, args, args.output, image_names)
         try:
             write_atomically(args.output, text)
         except OSError as error:

@@ -371,8 +371,10 @@ def read_per_image(path: str | Path) -> tuple[dict[str, float] | list[float], st
 
     An optional top-level ``"model"`` string names the model. ``per_image`` may instead map metric
     names to such mappings/lists (``{"per_image": {"pixel_AUPIMO": {...}}}``) when it holds exactly
-    one. The CLI's ``evaluate``/``demo --output`` JSON does not carry per-image values (its AUPIMO is
-    the mean): write this file from ``AUPIMO(return_average=False)`` (see :func:`write_per_image`).
+    one. The JSON that ``jaxmetrics-ad evaluate``/``demo --output x.json`` writes is such a file when
+    its suite has AUPIMO (``"per_image": {"pixel_AUPIMO": {...}}``, images named
+    ``<defect>/<name>``, or ``<category>/<defect>/<name>`` for a dataset root); otherwise write it
+    from ``AUPIMO(return_average=False)`` (see :func:`write_per_image`).
 
     Raises:
         ValueError: the file is missing, not JSON, or not one of the layouts (one line, naming it).

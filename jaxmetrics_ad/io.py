@@ -3,7 +3,8 @@
 Two inputs are supported, matching what anomaly-detection code usually leaves on disk:
 
 * ground truth in the MVTec AD folder layout — ``<dataset_dir>/test/<defect>/<name>.png``
-  images and ``<dataset_dir>/ground_truth/<defect>/<name>_mask.png`` masks, none for ``good`` —
+  images and ``<dataset_dir>/ground_truth/<defect>/<name>_mask.png`` masks (``<name>.png`` as
+  VisA's 1cls split names them), none for ``good`` —
   with one anomaly map per test image under ``<maps_dir>/<defect>/<name>.<ext>`` (``.npy``,
   ``.npz``, ``.tiff``/``.tif`` or ``.png``);
 * a single ``.npz`` holding ``anomaly_maps`` (N, H, W), ``gt_masks`` (N, H, W) and optionally
@@ -500,14 +501,29 @@ def find_mvtec_pairs(maps_dir: str | Path, dataset_dir: str | Path) -> list[MVTe
             )
         mask_path = None
         if defect != _NORMAL_DEFECT:
-            mask_path = truth_dir / defect / f"{name}_mask.png"
-            if not mask_path.is_file():
-                raise FileNotFoundError(
-                    f"no ground-truth mask for anomalous image {image_path}: expected {mask_path}"
-                )
+            mask_path = mask_path_of(truth_dir, defect, name, image_path)
         label = int(defect != _NORMAL_DEFECT)
         records.append(MVTecRecord(defect, name, image_path, map_path, mask_path, label))
     return records
+
+
+def mask_path_of(truth_dir: Path, defect: str, name: str, image_path: Path) -> Path:
+    """The mask of an anomalous image: ``<defect>/<name>_mask.png`` (MVTec AD), else
+    ``<defect>/<name>.png`` (VisA after its 1cls split) under ``truth_dir``.
+
+    Raises:
+        FileNotFoundError: neither exists; the message names both.
+    """
+    mask_path = truth_dir / defect / f"{name}_mask.png"
+    if mask_path.is_file():
+        return mask_path
+    visa_path = truth_dir / defect / f"{name}.png"
+    if visa_path.is_file():
+        return visa_path
+    raise FileNotFoundError(
+        f"no ground-truth mask for anomalous image {image_path}: expected {mask_path} "
+        f"(or {visa_path.name}, as VisA names them)"
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "method"))

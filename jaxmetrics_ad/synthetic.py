@@ -278,3 +278,125 @@ def make_category(
         pred_scores=anomaly_maps.max(axis=(1, 2)),
         defect_types=tuple(str(defect_type) for defect_type in defect_types),
     )
+
+
+LOCO_DEFECTS = (
+    {
+        "defect_name": "synthetic_logical",
+        "pixel_value": 255,
+        "saturation_threshold": 0.5,
+        "relative_saturation": True,
+    },
+    {
+        "defect_name": "synthetic_structural",
+        "pixel_value": 254,
+        "saturation_threshold": 40,
+        "relative_saturation": False,
+    },
+)
+"""The ``defects_config.json`` that :func:`write_category` writes for ``layout="mvtec_loco"``."""
+_LOCO_FOLDERS = {"blob": 0, "stain": 0, "scratch": 1, "mixed": 1}
+
+
+def loco_defects(mask: np.ndarray) -> list[np.ndarray]:
+    """How :func:`write_category` splits a mask into MVTec LOCO defects: its left and right halves
+    (those that hold defect pixels), one ground-truth image each.
+
+    >>> mask = np.zeros((2, 4), bool)
+    >>> mask[0, 0] = mask[1, 3] = True
+    >>> [piece.nonzero()[1].tolist() for piece in loco_defects(mask)]
+    [[0], [3]]
+    """
+    half = mask.shape[1] // 2
+    pieces = []
+    for columns in (slice(0, half), slice(half, None)):
+        piece = np.zeros_like(mask, dtype=bool)
+        piece[:, columns] = mask[:, columns]
+        if piece.any():
+            pieces.append(piece)
+    return pieces
+
+
+def write_category(
+    data: SyntheticCategory,
+    folder,
+    maps,
+    layout: str = "mvtec_ad",
+    *,
+    anomaly_maps: np.ndarray | None = None,
+    validation_maps: np.ndarray | None = None,
+) -> None:
+    """Write a generated category to disk in a benchmark's layout, with its maps as ``.npy``.
+
+    ``layout`` is one of :data:`jaxmetrics_ad.layouts.LAYOUTS`; the files are those
+    :mod:`jaxmetrics_ad.layouts` reads (black test images of the maps' size, 0/255 masks, maps
+    at ``maps/<defect>/<NNN>.npy``). ``anomaly_maps`` replaces ``data.anomaly_maps`` (e.g. a
+    second model's); MVTec AD 2 also needs ``validation_maps`` (N, H, W) of defect-free images,
+    written as ``validation/good``. MVTec LOCO: blob and stain images become
+    ``logical_anomalies``, scratch and mixed ones ``structural_anomalies``, each mask split by
+    :func:`loco_defects` into one ground-truth PNG per defect holding its type's pixel value
+    (:data:`LOCO_DEFECTS`, written as ``defects_config.json``). Needs Pillow.
+
+    >>> import tempfile, pathlib
+    >>> base = pathlib.Path(tempfile.mkdtemp())
+    >>> write_category(make_category(2, 2, size=(32, 32)), base / "can", base / "maps" / "can")
+    >>> sorted(p.name for p in (base / "can").iterdir())
+    ['ground_truth', 'test']
+    """
+    import json
+    from pathlib import Path
+
+    from PIL import Image
+
+    from jaxmetrics_ad.layouts import canonical_layout
+
+    layout = canonical_layout(layout)
+    folder, maps = Path(folder), Path(maps)
+    values = data.anomaly_maps if anomaly_maps is None else np.asarray(anomaly_maps, np.float32)
+
+    def png(path: Path, pixels: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path)
+
+    def npy(path: Path, array: np.ndarray) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, array)
+
+    black = np.zeros(data.gt_masks.shape[1:], np.uint8)
+    test = folder / ("test_public" if layout == "mvtec_ad2" else "test")
+    for index, (kind, mask) in enumerate(zip(data.defect_types, data.gt_masks)):
+        name = f"{index:03d}"
+        if kind == NORMAL_TYPE:
+            defect = NORMAL_TYPE
+        elif layout == "mvtec_ad2":
+            defect = "bad"
+        elif layout == "mvtec_loco":
+            defect = ("logical_anomalies", "structural_anomalies")[_LOCO_FOLDERS[kind]]
+        else:
+            defect = kind
+        png(test / defect / f"{name}.png", black)
+        npy(maps / defect / f"{name}.npy", values[index])
+        if defect == NORMAL_TYPE:
+            continue
+        if layout == "mvtec_ad2":
+            png(test / "ground_truth" / defect / f"{name}_mask.png", mask * np.uint8(255))
+        elif layout == "mvtec_loco":
+            value = LOCO_DEFECTS[_LOCO_FOLDERS[kind]]["pixel_value"]
+            for number, piece in enumerate(loco_defects(mask)):
+                path = folder / "ground_truth" / defect / name / f"{number:03d}.png"
+                png(path, piece * np.uint8(value))
+        else:
+            png(folder / "ground_truth" / defect / f"{name}_mask.png", mask * np.uint8(255))
+    if layout == "mvtec_loco":
+        text = json.dumps(list(LOCO_DEFECTS), indent=2)
+        (folder / "defects_config.json").write_text(text + "\n", encoding="utf-8")
+    if layout == "mvtec_ad2":
+        if validation_maps is None:
+            raise ValueError("layout='mvtec_ad2' needs validation_maps (defect-free images)")
+        for index, validation_map in enumerate(np.asarray(validation_maps, np.float32)):
+            name = f"{index:03d}"
+            png(
+                folder / "validation" / "good" / f"{name}.png",
+                np.zeros(validation_map.shape, np.uint8),
+            )
+            npy(maps / "validation" / "good" / f"{name}.npy", validation_map)

@@ -269,7 +269,7 @@ def test_bad_output_suffix_plots_and_categories_on_one_category_fail_first(
     root, maps = dataset_tree
     base = ["evaluate", "--dataset", root, "--maps", maps, *CLI_OPTIONS]
     code, _, err = run_cli([*base, "--output", tmp_path / "table.txt"], capsys)
-    one_line_error(code, err, "expected a .md, .csv or .json file name")
+    one_line_error(code, err, "expected a .md, .csv, .json or .tex file name")
     code, _, err = run_cli([*base, "--plots", tmp_path / "plots"], capsys)
     one_line_error(code, err, "--plots")
     code, _, err = run_cli(
