@@ -16,12 +16,21 @@ Bins come in two kinds:
   scores below ``t_0``, bin ``j`` the scores in ``[t_{j-1}, t_j)``.
 
 Updates are a bucketize plus a scatter-add: O(N + T) time and memory, never an N×T comparison.
+
+**Exact tails** (``tail_size=K``, auto-ranging only): the ``K`` highest and the ``K`` lowest scores are
+kept exactly (score, channel, weights) instead of being binned, and the bins cover only the scores
+between them. A few far outliers then cannot widen the bins: one pixel at 1e9 among scores in
+[0, 1.3] leaves the rest at full resolution. The tails are defined by the sample multiset alone — the
+high tail holds every sample above the (K+1)-th highest score, the low tail every other sample below
+the (K+1)-th lowest, tied scores always share a side — so updates and merges stay exact and
+order-independent. Each update pays two ``top_k`` selections of ``K + 1`` over the batch.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -51,25 +60,41 @@ class ScoreHistogram(struct.PyTreeNode):
         [2.0, 2.0]
     """
 
-    counts: WideCount  # (C, B)
+    counts: WideCount  # (C, B) the binned samples (those between the tails)
     weights: jax.Array  # (W, B) float32
     exponent: jax.Array  # int32 scalar; bin width is 2**exponent (auto-ranging only)
     offset: jax.Array  # int32 scalar; bin i covers [(offset+i)·w, (offset+i+1)·w) (auto only)
-    score_min: jax.Array  # float32 scalar, +inf when empty
+    score_min: jax.Array  # float32 scalar, +inf when empty (every sample, tails included)
     score_max: jax.Array  # float32 scalar, -inf when empty
+    core_min: jax.Array  # float32 scalar: lowest binned score (+inf when none); the grid covers
+    core_max: jax.Array  # float32 scalar: highest binned score   [core_min, core_max]
+    tail_scores: jax.Array  # (2, K) float32: row 0 the high tail, row 1 the low tail, NaN padded
+    tail_channels: jax.Array  # (2, K) int32: the tail samples' channels, -1 for an empty slot
+    tail_weights: jax.Array  # (W, 2, K) float32
+    tail_cuts: jax.Array  # (2,) float32: high tail = scores > [0], low tail = scores < [1]
     edges: tuple[float, ...] | None = struct.field(pytree_node=False, default=None)
 
     @classmethod
-    def auto(cls, num_bins: int, num_channels: int, num_weights: int = 0) -> ScoreHistogram:
-        """An empty auto-ranging histogram with ``num_bins`` bins.
+    def auto(
+        cls, num_bins: int, num_channels: int, num_weights: int = 0, tail_size: int = 0
+    ) -> ScoreHistogram:
+        """An empty auto-ranging histogram with ``num_bins`` bins (and ``tail_size`` exact scores
+        kept at each end, see the module docstring).
 
         Example:
+            >>> import jax.numpy as jnp
             >>> ScoreHistogram.auto(num_bins=1024, num_channels=2).num_bins
             1024
+            >>> h = ScoreHistogram.auto(num_bins=4, num_channels=1, tail_size=1)
+            >>> h = h.add(jnp.array([1e9, 0.1, 0.2, 0.3, -5.0]), jnp.zeros(5, int))
+            >>> h.tail_scores.tolist(), float(h.core_max)  # the bins cover [0.1, 0.3] only
+            ([[1000000000.0], [-5.0]], 0.30000001192092896)
         """
         if not isinstance(num_bins, int) or num_bins < 3:
             raise ValueError(f"num_bins must be an int >= 3, got {num_bins!r}")
-        return cls._empty(num_bins, num_channels, num_weights, edges=None)
+        if not isinstance(tail_size, int) or isinstance(tail_size, bool) or tail_size < 0:
+            raise ValueError(f"tail_size must be an int >= 0, got {tail_size!r}")
+        return cls._empty(num_bins, num_channels, num_weights, edges=None, tail_size=tail_size)
 
     @classmethod
     def fixed(
@@ -91,7 +116,7 @@ class ScoreHistogram(struct.PyTreeNode):
         return cls._empty(len(edges) + 1, num_channels, num_weights, edges=edges)
 
     @classmethod
-    def _empty(cls, num_bins, num_channels, num_weights, edges) -> ScoreHistogram:
+    def _empty(cls, num_bins, num_channels, num_weights, edges, tail_size=0) -> ScoreHistogram:
         return cls(
             counts=WideCount.zeros((num_channels, num_bins)),
             weights=jnp.zeros((num_weights, num_bins), jnp.float32),
@@ -99,6 +124,12 @@ class ScoreHistogram(struct.PyTreeNode):
             offset=jnp.zeros((), jnp.int32),
             score_min=jnp.array(jnp.inf, jnp.float32),
             score_max=jnp.array(-jnp.inf, jnp.float32),
+            core_min=jnp.array(jnp.inf, jnp.float32),
+            core_max=jnp.array(-jnp.inf, jnp.float32),
+            tail_scores=jnp.full((2, tail_size), jnp.nan, jnp.float32),
+            tail_channels=jnp.full((2, tail_size), -1, jnp.int32),
+            tail_weights=jnp.zeros((num_weights, 2, tail_size), jnp.float32),
+            tail_cuts=jnp.array([-jnp.inf, jnp.inf], jnp.float32),
             edges=edges,
         )
 
@@ -112,6 +143,11 @@ class ScoreHistogram(struct.PyTreeNode):
         """Number of integer count channels."""
         return self.counts.lo.shape[-2]
 
+    @property
+    def tail_size(self) -> int:
+        """How many scores each exact tail keeps (0: no tails)."""
+        return self.tail_scores.shape[-1]
+
     def add(
         self, scores: jax.Array, channels: jax.Array, weights: jax.Array | None = None
     ) -> ScoreHistogram:
@@ -123,10 +159,37 @@ class ScoreHistogram(struct.PyTreeNode):
         scores = jnp.ravel(scores).astype(jnp.float32)
         channels = jnp.ravel(channels).astype(jnp.int32)
         kept = jnp.isfinite(scores) & (channels >= 0)
+        if weights is None:
+            weights = jnp.zeros((self.weights.shape[0], scores.shape[0]), jnp.float32)
+        else:
+            weights = jnp.reshape(weights, (self.weights.shape[0], scores.shape[0]))
+            weights = weights.astype(jnp.float32)
+        if self.tail_size == 0:
+            binned = self._add_binned(scores, channels, kept, weights)
+            return binned.replace(score_min=binned.core_min, score_max=binned.core_max)
+        batch = _TailPool(scores, channels, weights, kept)
+        size = self.tail_size
+        if scores.shape[0] <= 2 * size + 2:  # a small batch: every sample is a candidate
+            candidates = _TailPool.concatenate([self._tail_pool(), batch])
+            return self._with_new_tails(self, candidates, self.tail_cuts)
+        # the batch's K+1 highest and lowest: the new tails and cuts only ever come from these
+        _, high = _order_statistic(scores, kept, size + 1, highest=True)
+        _, low = _order_statistic(scores, kept, size + 1, highest=False)
+        taken = jnp.zeros(scores.shape, bool).at[high].set(True)
+        low_candidates = batch.take(low, kept[low] & ~taken[low])  # each sample once
+        candidates = _TailPool.concatenate(
+            [self._tail_pool(), batch.take(high, kept[high]), low_candidates]
+        )
+        return self._with_new_tails(self, candidates, self.tail_cuts, batch)
+
+    def _add_binned(
+        self, scores: jax.Array, channels: jax.Array, kept: jax.Array, weights: jax.Array
+    ) -> ScoreHistogram:
+        """Bins the ``kept`` samples (scores finite, channels valid) and widens the grid to them."""
         batch_min = jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf)
         batch_max = jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf)
         grown = self._cover(
-            jnp.minimum(self.score_min, batch_min), jnp.maximum(self.score_max, batch_max)
+            jnp.minimum(self.core_min, batch_min), jnp.maximum(self.core_max, batch_max)
         )
         bins = grown._bin_index(scores)
         num_bins = self.num_bins
@@ -136,9 +199,7 @@ class ScoreHistogram(struct.PyTreeNode):
         )
         counts = grown.counts.add(batch_counts.reshape(self.num_channels, num_bins))
         new_weights = grown.weights
-        if weights is not None:
-            weights = jnp.reshape(weights, (self.weights.shape[0], scores.shape[0]))
-            weights = weights.astype(jnp.float32)
+        if weights.shape[0]:
             rows = jnp.arange(weights.shape[0], dtype=jnp.int32)[:, None] * num_bins
             index = jnp.where(kept[None, :], rows + bins[None, :], self.weights.size)
             summed = (
@@ -149,6 +210,58 @@ class ScoreHistogram(struct.PyTreeNode):
             new_weights = new_weights + summed.reshape(self.weights.shape)
         return grown.replace(counts=counts, weights=new_weights)
 
+    def _tail_pool(self) -> _TailPool:
+        """This histogram's tail samples as a pool (empty slots not kept)."""
+        return _TailPool(
+            self.tail_scores.ravel(),
+            self.tail_channels.ravel(),
+            self.tail_weights.reshape(self.weights.shape[0], 2 * self.tail_size),
+            self.tail_channels.ravel() >= 0,
+        )
+
+    @staticmethod
+    def _with_new_tails(
+        binned: ScoreHistogram,
+        pool: _TailPool,
+        cuts: jax.Array,
+        batch: _TailPool | None = None,
+    ) -> ScoreHistogram:
+        """``binned`` with new tails chosen from ``pool`` and the pool's other samples binned.
+
+        ``pool`` holds the old tails (its first ``2 K`` entries) and any other sample that may enter
+        the new ones; ``batch``, when given, is a batch whose candidates are in ``pool``: its samples
+        that stay between the new cuts are binned straight from it.
+        """
+        size = binned.tail_size
+        highest, high_index = _order_statistic(pool.scores, pool.kept, size, highest=True)
+        lowest, low_index = _order_statistic(pool.scores, pool.kept, size, highest=False)
+        high_cut = jnp.maximum(cuts[0], highest)
+        low_cut = jnp.minimum(cuts[1], lowest)
+        in_high = pool.kept & (pool.scores > high_cut)
+        in_low = pool.kept & (pool.scores < low_cut) & ~in_high
+        if batch is not None:
+            between = ~(batch.scores > high_cut) & ~(batch.scores < low_cut)
+            binned = binned._add_binned(
+                batch.scores, batch.channels, batch.kept & between, batch.weights
+            )
+        old_tails = jnp.arange(pool.scores.shape[0]) < 2 * size
+        let_go = pool.kept & ~in_high & ~in_low & (old_tails if batch is not None else True)
+        binned = binned._add_binned(pool.scores, pool.channels, let_go, pool.weights)
+        high = pool.take(high_index, in_high)
+        low = pool.take(low_index, in_low)
+        real = jnp.concatenate([high.channels >= 0, low.channels >= 0])
+        tail_scores = jnp.concatenate([high.scores, low.scores])
+        lowest = jnp.min(jnp.where(real, tail_scores, jnp.inf), initial=jnp.inf)
+        highest = jnp.max(jnp.where(real, tail_scores, -jnp.inf), initial=-jnp.inf)
+        return binned.replace(
+            tail_scores=jnp.stack([high.scores, low.scores]),
+            tail_channels=jnp.stack([high.channels, low.channels]),
+            tail_weights=jnp.stack([high.weights, low.weights], axis=1),
+            tail_cuts=jnp.stack([high_cut, low_cut]),
+            score_min=jnp.minimum(lowest, binned.core_min),
+            score_max=jnp.maximum(highest, binned.core_max),
+        )
+
     def merge(self, other: ScoreHistogram) -> ScoreHistogram:
         """The histogram of both sample sets (bins re-aligned first when auto-ranging)."""
         if (
@@ -157,23 +270,52 @@ class ScoreHistogram(struct.PyTreeNode):
             or (self.counts.lo.shape != other.counts.lo.shape)
         ):
             raise ValueError("cannot merge histograms with different bins or channels")
-        lo = jnp.minimum(self.score_min, other.score_min)
-        hi = jnp.maximum(self.score_max, other.score_max)
+        if self.tail_size != other.tail_size:
+            raise ValueError("cannot merge histograms with different tail sizes")
+        lo = jnp.minimum(self.core_min, other.core_min)
+        hi = jnp.maximum(self.core_max, other.core_max)
         exponent = jnp.maximum(_occupied_exponent(self), _occupied_exponent(other))
         a = self._cover(lo, hi, exponent)
         b = other._cover(lo, hi, exponent)
-        return a.replace(counts=a.counts.merge(b.counts), weights=a.weights + b.weights)
+        merged = a.replace(counts=a.counts.merge(b.counts), weights=a.weights + b.weights)
+        if self.tail_size == 0:
+            return merged.replace(score_min=lo, score_max=hi)
+        pool = _TailPool.concatenate([self._tail_pool(), other._tail_pool()])
+        cuts = jnp.stack(
+            [
+                jnp.maximum(self.tail_cuts[0], other.tail_cuts[0]),
+                jnp.minimum(self.tail_cuts[1], other.tail_cuts[1]),
+            ]
+        )
+        return self._with_new_tails(merged, pool, cuts)
 
     def all_reduce(self, axis_name: str) -> ScoreHistogram:
         """The histogram of the samples of every device along ``axis_name`` (pmin/pmax, then psum)."""
-        lo = jax.lax.pmin(self.score_min, axis_name)
-        hi = jax.lax.pmax(self.score_max, axis_name)
+        lo = jax.lax.pmin(self.core_min, axis_name)
+        hi = jax.lax.pmax(self.core_max, axis_name)
         exponent = jax.lax.pmax(_occupied_exponent(self), axis_name)
         aligned = self._cover(lo, hi, exponent)
-        return aligned.replace(
+        reduced = aligned.replace(
             counts=aligned.counts.all_reduce(axis_name),
             weights=jax.lax.psum(aligned.weights, axis_name),
         )
+        if self.tail_size == 0:
+            return reduced.replace(score_min=lo, score_max=hi)
+        pool = self._tail_pool()
+        all_weights = jnp.moveaxis(jax.lax.all_gather(pool.weights, axis_name), 0, 1)
+        gathered = _TailPool(
+            jax.lax.all_gather(pool.scores, axis_name).ravel(),
+            jax.lax.all_gather(pool.channels, axis_name).ravel(),
+            all_weights.reshape(all_weights.shape[0], -1 if all_weights.shape[0] else 0),
+            jax.lax.all_gather(pool.kept, axis_name).ravel(),
+        )
+        cuts = jnp.stack(
+            [
+                jax.lax.pmax(self.tail_cuts[0], axis_name),
+                jax.lax.pmin(self.tail_cuts[1], axis_name),
+            ]
+        )
+        return self._with_new_tails(reduced, gathered, cuts)
 
     def lower_edges(self) -> jax.Array:
         """The threshold of each bin, ascending: a sample counts as ``>= t`` from its bin on.
@@ -190,10 +332,17 @@ class ScoreHistogram(struct.PyTreeNode):
 
         ``counts_at_or_above[c, j]`` is the number of channel-``c`` samples scoring ``>= thresholds[j]``
         (float32). Bin 0 of fixed edges (``-inf``) is included so the last column holds the totals.
+        With exact tails there are ``2 K`` more points: the high tail's scores first, then the bins, then
+        the low tail's (an empty tail slot repeats its neighbour's point). Consecutive points delimit a
+        block of samples whose order is unknown: a bin, or one tail score (exactly tied samples).
         """
-        counts = jnp.cumsum(self.counts.as_float()[:, ::-1], axis=-1)
-        weights = jnp.cumsum(self.weights[:, ::-1], axis=-1)
-        return self.lower_edges()[::-1], counts, weights
+        if self.tail_size == 0:
+            counts = jnp.cumsum(self.counts.as_float()[:, ::-1], axis=-1)
+            weights = jnp.cumsum(self.weights[:, ::-1], axis=-1)
+            return self.lower_edges()[::-1], counts, weights
+        return _cumulative_with_tails(
+            self, self.lower_edges(), self.counts.as_float(), self.weights, jnp
+        )
 
     def cumulative_on_host(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`cumulative` computed with numpy in float64 (eager only; exact counts to 2**53).
@@ -215,11 +364,32 @@ class ScoreHistogram(struct.PyTreeNode):
         else:
             index = int(self.offset) + np.arange(self.num_bins, dtype=np.int64)
             edges = np.ldexp(index.astype(np.float32), int(self.exponent))
-        return (
-            edges.astype(np.float32)[::-1],
-            np.cumsum(counts[:, ::-1], axis=-1),
-            np.cumsum(weights[:, ::-1], axis=-1),
-        )
+        edges = edges.astype(np.float32)
+        if self.tail_size == 0:
+            return (
+                edges[::-1],
+                np.cumsum(counts[:, ::-1], axis=-1),
+                np.cumsum(weights[:, ::-1], axis=-1),
+            )
+        host = jax.tree_util.tree_map(np.asarray, self)
+        return _cumulative_with_tails(host, edges, counts, weights, np)
+
+    def total_counts(self) -> np.ndarray | jax.Array:
+        """Samples per channel, tails included: numpy float64 eagerly, jax float32 under a trace.
+
+        Example:
+            >>> import jax.numpy as jnp
+            >>> h = ScoreHistogram.auto(num_bins=8, num_channels=2, tail_size=1)
+            >>> h.add(jnp.array([0.1, 0.4, 0.35, 9.0]), jnp.array([0, 0, 1, 1])).total_counts().tolist()
+            [2.0, 2.0]
+        """
+        leaves = jax.tree_util.tree_leaves(self)
+        xp = jnp if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves) else np
+        counts = self.counts.as_float() if xp is jnp else self.counts.as_float64()
+        tails = xp.asarray(self.tail_channels).ravel()
+        channels = xp.arange(self.num_channels)[:, None]
+        in_tails = xp.sum(tails[None, :] == channels, axis=1).astype(counts.dtype)
+        return xp.sum(counts, axis=1) + in_tails
 
     def _bin_index(self, scores: jax.Array) -> jax.Array:
         if self.edges is not None:
@@ -237,7 +407,7 @@ class ScoreHistogram(struct.PyTreeNode):
         lo = jnp.asarray(lo, jnp.float32)
         hi = jnp.asarray(hi, jnp.float32)
         if self.edges is not None:
-            return self.replace(score_min=lo, score_max=hi)
+            return self.replace(core_min=lo, core_max=hi)
         if min_exponent is None:
             min_exponent = _occupied_exponent(self)
         exponent, offset = _fit_grid(lo, hi, min_exponent, self.num_bins)
@@ -255,14 +425,113 @@ class ScoreHistogram(struct.PyTreeNode):
             weights=move(self.weights),
             exponent=exponent,
             offset=offset,
-            score_min=lo,
-            score_max=hi,
+            core_min=lo,
+            core_max=hi,
         )
+
+
+class _TailPool(NamedTuple):
+    """Samples competing for the exact tails: scores, channels, weights (W, N) and which are real."""
+
+    scores: jax.Array
+    channels: jax.Array
+    weights: jax.Array
+    kept: jax.Array
+
+    @staticmethod
+    def concatenate(pools: Sequence[_TailPool]) -> _TailPool:
+        return _TailPool(
+            jnp.concatenate([pool.scores for pool in pools]),
+            jnp.concatenate([pool.channels for pool in pools]),
+            jnp.concatenate([pool.weights for pool in pools], axis=1),
+            jnp.concatenate([pool.kept for pool in pools]),
+        )
+
+    def take(self, index: jax.Array, members: jax.Array) -> _TailPool:
+        """The samples at ``index`` that are ``members`` (the others become empty slots)."""
+        real = members[index]
+        return _TailPool(
+            jnp.where(real, self.scores[index], jnp.nan),
+            jnp.where(real, self.channels[index], -1),
+            jnp.where(real[None, :], self.weights[:, index], 0.0),
+            real,
+        )
+
+
+def _order_statistic(
+    scores: jax.Array, kept: jax.Array, size: int, highest: bool
+) -> tuple[jax.Array, jax.Array]:
+    """The (size+1)-th highest (or lowest) kept score (-inf, or +inf, when fewer are kept) and the
+    indices of the ``size`` kept scores before it: every score beyond it is among them."""
+    key = jnp.where(kept, scores if highest else -scores, -jnp.inf)
+    # XLA's CPU backend turns a top-k whose outputs are sliced into a full sort (~100x slower)
+    values, index = jax.lax.optimization_barrier(jax.lax.top_k(key, size + 1))
+    return (values[size] if highest else -values[size]), index[:size]
+
+
+def _cumulative_with_tails(histogram, lower_edges, bin_counts, bin_weights, xp):
+    """:meth:`ScoreHistogram.cumulative` of a histogram with tails, in jax or numpy (see there).
+
+    A bin's threshold is its lower edge raised to the lowest binned score, so that no low-tail sample
+    (all below it) counts as at or above it; a bin above every binned score (empty) takes the high
+    tail's lowest score. Tail slots are sorted descending, tied scores get the count of their last
+    member, empty slots repeat the tail's last point (or stand at +-inf with nothing added).
+    """
+    num_channels = bin_counts.shape[0]
+    scores = histogram.tail_scores
+    channels = histogram.tail_channels
+    real = channels >= 0
+    dtype = bin_counts.dtype
+
+    def block(row: int, fill: float):
+        order = xp.argsort(xp.where(real[row], -scores[row], xp.inf))
+        block_scores = scores[row][order]
+        block_real = real[row][order]
+        last_real = xp.min(xp.where(real[row], scores[row], xp.inf), initial=xp.inf)
+        last_real = xp.where(xp.any(real[row]), last_real, fill)
+        thresholds = xp.where(block_real, block_scores, last_real).astype(xp.float32)
+        one_hot = channels[row][order][None, :] == xp.arange(num_channels)[:, None]
+        weights = histogram.tail_weights[:, row][:, order]
+        return thresholds, one_hot.astype(dtype), xp.where(block_real[None, :], weights, 0.0)
+
+    high_thresholds, high_counts, high_weights = block(0, xp.inf)
+    low_thresholds, low_counts, low_weights = block(1, -xp.inf)
+    high_floor = high_thresholds[-1]
+    edges = xp.maximum(lower_edges, histogram.core_min)
+    edges = xp.where(lower_edges > histogram.core_max, high_floor, edges)[::-1]
+    empty_core = ~(histogram.core_min <= histogram.core_max)
+    edges = xp.where(empty_core, high_floor, edges).astype(xp.float32)
+    thresholds = xp.concatenate([high_thresholds, edges, low_thresholds])
+    counts = xp.cumsum(
+        xp.concatenate([high_counts, bin_counts[:, ::-1], low_counts], axis=1), axis=-1
+    )
+    weights = xp.cumsum(
+        xp.concatenate(
+            [high_weights, bin_weights[:, ::-1].astype(high_weights.dtype), low_weights], axis=1
+        ),
+        axis=-1,
+    )
+    # tied tail scores: every member reads the count at the last one (descending order)
+    size = scores.shape[-1]
+    for start in (0, size + bin_counts.shape[1]):
+        part = thresholds[start : start + size]
+        last = xp.searchsorted(-part, -part, side="right") - 1 + start
+        counts = _set_columns(counts, start, counts[:, last], xp)
+        weights = _set_columns(weights, start, weights[:, last], xp)
+    return thresholds, counts, weights
+
+
+def _set_columns(values, start: int, columns, xp):
+    if xp is np:
+        values = values.copy()
+        values[:, start : start + columns.shape[1]] = columns
+        return values
+    return values.at[:, start : start + columns.shape[1]].set(columns)
 
 
 def _occupied_exponent(histogram: ScoreHistogram) -> jax.Array:
     """The histogram's exponent, or the lowest possible one when it holds no sample yet."""
-    empty = histogram.score_min > histogram.score_max
+    empty = histogram.core_min > histogram.core_max
     return jnp.where(empty, jnp.int32(-1000), histogram.exponent)
 
 
