@@ -34,7 +34,7 @@ from flax import struct
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.classification import Thresholds, _checked_capacity, _checked_thresholds
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import METRIC_TAIL_SIZE, ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.regions import Labeller, check_labeller, connected_components
 from jaxmetrics_ad.validation import (
@@ -425,11 +425,10 @@ def _curve_points(counts: Any, weights: Any, num_regions: Any, xp: Any) -> tuple
 
 def _is_defined(state: RegionCurveState) -> Any:
     """Whether a binned state holds a background pixel and a region (else AUPRO is 0)."""
-    counts = state.samples.counts
+    background = state.samples.total_counts()[0] > 0  # tails included
     if not is_traced(*jax.tree_util.tree_leaves(state)):
-        background = np.any(np.asarray(counts.lo[0])) or np.any(np.asarray(counts.hi[0]))
         return bool(background) and int(state.num_regions) > 0
-    return (jnp.any(counts.lo[0] > 0) | jnp.any(counts.hi[0] > 0)) & (state.num_regions > 0)
+    return background & (state.num_regions > 0)
 
 
 def _binned_error_bound(state: RegionCurveState, fpr_limit: float) -> Any:
@@ -511,7 +510,9 @@ class RegionCurveMetric(Metric):
             else:
                 samples = FixedBuffer.empty(self.capacity, num_weights=self.exact_weights)
         elif isinstance(self.thresholds, int):
-            samples = ScoreHistogram.auto(self.thresholds, num_channels=2, num_weights=1)
+            samples = ScoreHistogram.auto(
+                self.thresholds, num_channels=2, num_weights=1, tail_size=METRIC_TAIL_SIZE
+            )
         else:
             samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
         return RegionCurveState(samples, jnp.zeros((), jnp.int32))
@@ -606,8 +607,7 @@ class RegionCurveMetric(Metric):
                 )
             has_background = _has_background(self.state.samples)
         else:
-            counts = self.state.samples.counts
-            has_background = bool(np.any(counts.lo[0]) or np.any(counts.hi[0]))
+            has_background = bool(self.state.samples.total_counts()[0] > 0)
         if not has_background or int(self.state.num_regions) == 0:
             missing = self.region_word if has_background else "background pixel"
             warnings.warn(
@@ -639,7 +639,9 @@ class AUPRO(RegionCurveMetric):
       CPU, where the script's global argsort takes about 8 s. ``capacity=`` (in pixels) gives a
       fixed-size buffer for ``jax.jit``/``lax.scan``.
     * an ``int`` — **binned**: an auto-ranging score histogram of that many bins with a background
-      count, a region-pixel count and a ``1/|region|`` weight sum per bin, plus the region count.
+      count, a region-pixel count and a ``1/|region|`` weight sum per bin, plus the region count;
+      the :data:`~jaxmetrics_ad.histogram.METRIC_TAIL_SIZE` highest and lowest pixels are kept
+      exactly outside the bins, so a few hot pixels do not widen them.
       Fixed size whatever the number of images; merges by addition and ``psum``. Each bin acts as a
       block of tied scores, so the curve is exact at bin edges and straight inside a bin;
       :meth:`error_bound` returns a guaranteed bound on the difference to the exact area. Measured
