@@ -62,3 +62,25 @@ def test_notebooks_pass_ruff(command):
         ["ruff", *command, str(NOTEBOOKS)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_benchmark_protocols_notebook_shows_its_table_and_comparison_plot(monkeypatch):
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    notebook = nbformat.read(NOTEBOOKS / "05_benchmark_protocols.ipynb", as_version=4)
+    nbclient.NotebookClient(
+        notebook,
+        timeout=TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(NOTEBOOKS)}},
+    ).execute()
+    cells = code_cells(notebook)
+    markdown = [
+        output["data"]["text/markdown"]
+        for cell in cells
+        for output in cell.get("outputs", [])
+        if "text/markdown" in output.get("data", {})
+    ]
+    assert len(markdown) == 1 and "| mean |" in markdown[0] and "pixel_AUPRO@0.3" in markdown[0]
+    assert [png_count(cell) for cell in cells] == [0] * (len(cells) - 1) + [1]
+    printed = "".join(o.get("text", "") for c in cells for o in c.get("outputs", []))
+    assert "Wilcoxon signed-rank" in printed and "Warning" not in printed
