@@ -62,7 +62,10 @@ float64 (no XLA program to compile), inside jit with jax in float32 (equal withi
 the jitted grid may be one ulp off anomalib's). Measured against exact on
 ``make_category`` maps (300 images of 256×256, 100 normal, K = 300,000): mean AUPIMO within 4e-6
 (``B = 4096``) and 4e-7 (``B = 16384``); per-image AUPIMO within 2.4e-4 (``B = 1024``), 1.7e-4
-(``B = 4096``) and 6e-5 (``B = 16384``); see ``benchmarks/bench_pimo.py``. Inside jit, cases that
+(``B = 4096``) and 6e-5 (``B = 16384``); see ``benchmarks/bench_pimo.py``.
+:meth:`AUPIMO.error_bound` certifies the difference to exact mode per image (on those maps at most
+2.6e-3, 6.5e-4 and 1.4e-4 at the three sizes); an eager compute warns when it exceeds
+:data:`~jaxmetrics_ad.base.LOOSE_BOUND` (tied scores: 0.05 on the AUPIMO docstring's case). Inside jit, cases that
 raise eagerly give NaN instead.
 
 **Given thresholds** (``thresholds=`` a 1-D array, ascending): binned mode with both histograms at
@@ -85,7 +88,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad import pimo_binned
-from jaxmetrics_ad.base import Metric
+from jaxmetrics_ad.base import LOOSE_BOUND, Metric, state_reader
 from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.pimo_binned import DEFAULT_TAIL_SIZE, BinnedCurves
 from jaxmetrics_ad.pimo_exact import EXACT_KEEP_ALL_PIXELS, ExactTails, fraction_at_or_above
@@ -97,6 +100,7 @@ from jaxmetrics_ad.pimo_rule import (
     anomalib_thresholds,
     check_integration_band,
     integration_band,
+    threshold_grid,
     trapezoid_weights,
 )
 from jaxmetrics_ad.validation import check_binary, check_finite, check_same_shape, is_traced
@@ -491,14 +495,16 @@ class AUPIMO(_PerImageOverlapMetric):
         num_bins: deprecated spelling of ``thresholds=<int>`` (DeprecationWarning).
 
     Example:
-        >>> import numpy as np, jaxmetrics_ad as jm
+        >>> import numpy as np, warnings, jaxmetrics_ad as jm
         >>> scores = np.arange(100, dtype=np.float32).reshape(10, 10)
         >>> maps = np.stack([scores, scores])
         >>> masks = np.stack([scores < 0, scores >= 90])  # a normal image, then an anomalous one
         >>> round(float(jm.AUPIMO(fpr_bounds=(0.01, 0.05))(maps, masks)), 4)
         0.2525
         >>> given = np.linspace(0, 99, 30_000)  # binned at exactly these thresholds
-        >>> round(float(jm.AUPIMO(fpr_bounds=(0.01, 0.05), thresholds=given)(maps, masks)), 4)
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore")  # tied scores inside bins: a loose error bound
+        ...     round(float(jm.AUPIMO(fpr_bounds=(0.01, 0.05), thresholds=given)(maps, masks)), 4)
         0.2525
     """
 
@@ -606,18 +612,141 @@ class AUPIMO(_PerImageOverlapMetric):
             aupimos=aupimos,
         )
 
-    def _binned_compute(self) -> Any:
-        xp = self._xp()
+    def _binned_values(self, xp: ModuleType) -> tuple[Any, Any, IntegrationBand, Any]:
+        """(thresholds, shared FPR, band, AUPIMOs): one per image slot (NaN for normal images and
+        unused slots), or the mean alone without a capacity."""
         thresholds, shared_fpr = self._binned_curves(xp)
         band = integration_band(shared_fpr, self.fpr_bounds, xp)
         usable = band.usable(self.force)
         areas = pimo_binned.areas(self.state, thresholds, shared_fpr, band, xp)
         aupimos = xp.clip(areas / self._normaliser(), 0.0, 1.0)
         if self.capacity is None:
-            return self._poison(xp.where(usable, aupimos[0], xp.nan), xp)
+            return (
+                thresholds,
+                shared_fpr,
+                band,
+                self._poison(xp.where(usable, aupimos[0], xp.nan), xp),
+            )
         aupimos = xp.where(pimo_binned.mask_sizes(self.state, xp) > 0, aupimos, xp.nan)
         aupimos = self._poison(xp.where(usable, aupimos, xp.nan), xp)
+        return thresholds, shared_fpr, band, aupimos
+
+    def _binned_compute(self) -> Any:
+        xp = self._xp()
+        thresholds, shared_fpr, band, aupimos = self._binned_values(xp)
+        if self.capacity is None:
+            return aupimos
         if self.return_average:
             return xp.nanmean(aupimos)
         pimo = self._binned_pimo(thresholds, shared_fpr, xp)
         return pimo, self._aupimo_result(thresholds, band, self._trim(aupimos, xp))
+
+    @state_reader
+    def error_bound(self) -> jax.Array:
+        """Certified bound on |binned AUPIMO − exact AUPIMO| of each image: (images,), NaN where
+        the image's AUPIMO is NaN (normal images), 0 in exact mode.
+
+        The exact value is that of ``AUPIMO()`` (exact mode, ``num_thresholds`` as here; with
+        given thresholds, anomalib's default grid): the trapezoid through the points of exact
+        mode's threshold grid. The binned state knows the shared FPR exactly at the normal
+        histogram's edges and wherever the kept tail covers, and each TPR exactly at the mask
+        histogram's edges; between edges both curves are monotone, so every grid point lies in a
+        known box. Integrating the lowest and the highest TPR those boxes allow, over the narrowest
+        and the widest ln(FPR) range the nearest-to-bound ends can take
+        (:func:`~jaxmetrics_ad.pimo_binned.area_bounds`), brackets the exact area; the bound is the
+        binned value's distance to the farther end, normalised and clipped like AUPIMO, plus a
+        rounding margin. On the host (float64) it is ``2**-20 · max(1, widest range / ln(U/L))``,
+        which covers the float32 results and exact mode's float32 TPRs. Inside jit (float32
+        throughout) the grid may be off anomalib's by float32 rounding, so each grid point's box is
+        widened by 4 ulps of the largest score (a score that close to a grid threshold widens the
+        bound there: on tied maps, or where a normal pixel sits at a band end, the jitted bound can
+        be several times the eager one), and the margin is ``2**-17 ·`` the same, about 40 times
+        the float32 rounding measured (an allowance, not a proof).
+
+        Without ``capacity`` (the mean alone is kept) it is a scalar bound on the mean AUPIMO (the
+        state's float32 sums of 1/mask-size weights are taken as exact); with it, the mean's error
+        is at most the mean of the per-image bounds. An eager ``compute``
+        warns when the bound of its value (the mean of these, or their maximum for per-image
+        results) exceeds :data:`~jaxmetrics_ad.base.LOOSE_BOUND`. Heavily tied scores (integer
+        maps) put whole steps of a curve inside one bin: the bound is then large, as the error may
+        be; use exact mode or given thresholds at the tied values there.
+
+        Example:
+            >>> import numpy as np, warnings, jaxmetrics_ad as jm
+            >>> scores = np.arange(100, dtype=np.float32).reshape(10, 10)
+            >>> maps, masks = np.stack([scores, scores]), np.stack([scores < 0, scores >= 90])
+            >>> metric = jm.AUPIMO(fpr_bounds=(0.01, 0.05), thresholds=64, capacity=2)
+            >>> metric = metric.update(maps, masks)
+            >>> with warnings.catch_warnings():
+            ...     warnings.simplefilter("ignore")  # the bound is loose: compute warns
+            ...     value = float(metric.compute())
+            >>> bound = metric.error_bound()  # NaN for the normal image
+            >>> exact = jm.AUPIMO(fpr_bounds=(0.01, 0.05)).update(maps, masks)
+            >>> round(value, 3), round(float(exact.compute()), 4), round(float(bound[1]), 3)
+            (0.303, 0.2525, 0.05)
+            >>> bool(abs(value - float(exact.compute())) <= bound[1]), exact.error_bound().tolist()
+            (True, [nan, 0.0])
+        """
+        if self.is_exact:
+            classes = self.state.image_classes()
+            return jnp.asarray(np.where(classes == 1, 0.0, np.nan), jnp.float32)
+        if not is_traced(*jax.tree_util.tree_leaves(self.state)):
+            self._check_state()
+        return self._binned_error_bound()
+
+    def _binned_error_bound(self) -> jax.Array:
+        xp = self._xp()
+        state = self.state
+        *_, aupimos = self._binned_values(xp)
+        if state.normal.edges is None:
+            grid = pimo_binned.curve_thresholds(state, self.num_thresholds, xp)
+        else:  # the exact mode these thresholds stand in for uses anomalib's default grid
+            low, high = state.normal.score_min, state.normal.score_max
+            if xp is np:
+                low, high = np.float32(low), np.float32(high)
+            grid = threshold_grid(low, high, DEFAULT_NUM_THRESHOLDS, xp)
+        if xp is np:
+            slack, margin = 0.0, 2.0**-20
+        else:
+            # The float32 grid inside jit is within 1.5 ulps of the largest score of anomalib's
+            # (two roundings here, one there: ulp(x) <= 2**-23 |x|); take 4 of them.
+            magnitude = jnp.maximum(
+                jnp.abs(state.normal.score_min), jnp.abs(state.normal.score_max)
+            )
+            slack, margin = 2.0**-21 * magnitude, 2.0**-17
+        bounds = pimo_binned.area_bounds(state, grid, self.fpr_bounds, slack, xp)
+        normaliser = self._normaliser()
+        excess = xp.maximum(bounds.widest / normaliser - 1.0, 0.0)
+        lower = bounds.lower / normaliser
+        if state.capacity is None:
+            # the exact mean is of clipped areas, each at most the widest range: clipping takes
+            # at most ``excess`` off the mean
+            lower = lower - excess
+        lower = xp.clip(lower, 0.0, 1.0)
+        upper = xp.clip(bounds.upper / normaliser, 0.0, 1.0)
+        if state.capacity is None:
+            upper, lower = upper[0], lower[0]
+        bound = xp.maximum(upper - aupimos, aupimos - lower)
+        bound = bound + margin * xp.maximum(1.0, bounds.widest / normaliser)
+        bound = self._trim(bound, xp) if state.capacity is not None else bound
+        if xp is jnp:
+            return bound.astype(jnp.float32)
+        return jnp.asarray(np.asarray(bound, np.float32))
+
+    def _warn_if_loose(self) -> None:
+        # Per-image bounds, NaN for normal images: the returned mean is off by at most their mean.
+        if self.is_exact:
+            return
+        bounds = np.asarray(self._binned_error_bound(), np.float64)
+        if np.all(np.isnan(bounds)):
+            return
+        bound = float(np.nanmean(bounds) if self.return_average else np.nanmax(bounds))
+        if bound > LOOSE_BOUND:
+            warnings.warn(
+                f"{self.name}: the binned value may be off by up to {bound:.3g} (certified bound): "
+                "the bins are too coarse for these scores (e.g. tied scores, or a few far outliers "
+                "widen every bin); use more thresholds, explicit thresholds, or exact mode "
+                "(thresholds=None)",
+                UserWarning,
+                stacklevel=3,
+            )

@@ -455,3 +455,134 @@ def areas(
 def mask_sizes(state: BinnedCurves, xp: ModuleType = jnp) -> Array:
     """(capacity,) mask pixels of each image slot (0 for normal images and unused slots)."""
     return _bins(state.anomalous, xp).counts.sum(axis=1)
+
+
+# -- certified bound on the difference to exact mode ----------------------------------------------
+
+
+def _bracket(bins: _Bins, knots: Array, below: Array, above: Array, xp: ModuleType) -> tuple:
+    """Knot indices ``(upper, lower)`` such that, for every threshold ``t`` in ``[below, above]``
+    (elementwise), the amount at or above ``t`` lies between ``points[:, lower]`` and
+    ``points[:, upper]`` of :func:`_curve_points`.
+
+    A threshold in bin ``k`` (``knots[k] <= t < knots[k + 1]``, as the histogram bins its samples)
+    has at most the amount at or above ``knots[k]`` and at least that at or above ``knots[k + 1]``;
+    exactly the former when ``t <= knots[k]`` (a bin edge, or at or below the lowest score).
+    """
+    upper, _ = _interpolation(bins, knots, below, xp)
+    index, _ = _interpolation(bins, knots, above, xp)
+    lower = index + (above.astype(knots.dtype) > knots[index]).astype(index.dtype)
+    return upper, lower
+
+
+def _running(values: Array, xp: ModuleType, smallest: bool, reverse: bool) -> Array:
+    """Running minimum (``smallest``) or maximum along the threshold axis, from either end."""
+    if xp is jnp:
+        scan = jax.lax.cummin if smallest else jax.lax.cummax
+        return scan(values, axis=0, reverse=reverse)
+    ufunc = np.minimum if smallest else np.maximum
+    if reverse:
+        return ufunc.accumulate(values[::-1])[::-1]
+    return ufunc.accumulate(values)
+
+
+def _per_knot(index: Array, coefficients: Array, size: int, xp: ModuleType) -> Array:
+    if xp is jnp:
+        return jnp.zeros(size, coefficients.dtype).at[index].add(coefficients)
+    return np.bincount(index, coefficients, minlength=size)
+
+
+class AreaBounds(NamedTuple):
+    """Bounds on the exact trapezoid areas (not yet normalised), one per anomalous curve row."""
+
+    lower: Array  # (rows,) at most the exact area
+    upper: Array  # (rows,) at least the exact area
+    widest: Array  # () the widest ln(FPR) range the exact band can span
+
+
+def area_bounds(
+    state: BinnedCurves,
+    grid: Array,
+    fpr_bounds: tuple[float, float],
+    slack: Any = 0.0,
+    xp: ModuleType = jnp,
+) -> AreaBounds:
+    """Certified bounds on exact mode's AUPIMO areas from what the binned state knows.
+
+    Exact mode integrates the trapezoid through the points ``(ln FPR(t_j), TPR(t_j))`` of the
+    threshold ``grid`` (within ``slack`` of each given threshold: 0 on the host, where the grid is
+    exact mode's bit for bit) between the points whose FPR is nearest the bounds. The binned state
+    brackets each point: the shared FPR by the normal histogram's bin (exact from the kept tail),
+    every TPR by its histogram bin (:func:`_bracket`). Both are non-increasing in ``t``, so the
+    trapezoid's height over ln(FPR) ``x`` is a non-decreasing step function ``H``; on a segment
+    ``(x_{j+1}, x_j)``, ``H`` is at most the mean of the upper TPRs at ``j`` and ``j + 1`` as soon as
+    the lowest possible ``x_{j+1}`` is below ``x``, and at least the mean of the lower TPRs while
+    the highest possible ``x_j`` is above it. Integrating those envelopes over the widest (upper
+    bound) and the narrowest (lower bound) range that the ends of the exact band allow gives the
+    bounds. An end's FPR is within ``d`` of its bound, ``d`` the smallest worst-case distance of
+    any grid point's FPR from it, and is the FPR of a point that can be that near (where the tail
+    gives FPRs exactly, those are the nearest points themselves). O(K + rows · B), like
+    :func:`areas`.
+    """
+    lower_fpr, upper_fpr = fpr_bounds
+    below, above = grid - slack, grid + slack
+    normal = _bins(state.normal, xp)
+    knots, counted = _curve_points(normal, normal.counts, xp)
+    total = counted[0, 0]
+    upper_index, lower_index = _bracket(normal, knots, below, above, xp)
+    ascending = xp.sort(xp.asarray(state.tail_scores))
+    exact_from = xp.maximum(
+        xp.asarray(state.tail_cutoff), lowest_fitting_edge(state.normal, state.tail_size, xp)
+    )
+
+    def kept_at_or_above(t: Array) -> Array:
+        return (state.tail_size - xp.searchsorted(ascending, t, side="left")).astype(total.dtype)
+
+    fpr_high = xp.where(below >= exact_from, kept_at_or_above(below), counted[0, upper_index])
+    fpr_low = xp.where(above >= exact_from, kept_at_or_above(above), counted[0, lower_index])
+    # The exact grid ends at the highest normal score: no point has an FPR below one pixel's.
+    fpr_high = _running(xp.minimum(fpr_high / total, 1.0), xp, smallest=True, reverse=False)
+    fpr_low = _running(xp.maximum(fpr_low / total, 1.0 / total), xp, smallest=False, reverse=True)
+    log_low, log_high = xp.log(fpr_low), xp.log(fpr_high)
+
+    def end(level: float) -> tuple[Array, Array]:
+        """The range of ln(FPR) at the band's end nearest ``level``."""
+        if level == 1.0:  # the last threshold with an FPR of exactly 1
+            zero = xp.zeros((), log_low.dtype)
+            return zero, zero
+        # The nearest point is at most ``distance`` away; only points that can be that near can
+        # be it (with a rounding allowance: exact mode sums its FPR differently).
+        farthest = xp.maximum(xp.abs(fpr_high - level), xp.abs(fpr_low - level))
+        distance = xp.min(farthest)
+        straddles = (fpr_low <= level) & (level <= fpr_high)
+        nearest = xp.where(
+            straddles, 0.0, xp.minimum(xp.abs(fpr_high - level), xp.abs(fpr_low - level))
+        )
+        candidate = nearest <= distance + 16 * xp.finfo(fpr_low.dtype).eps * level
+        lowest = xp.min(xp.where(candidate, xp.maximum(fpr_low, level - distance), xp.inf))
+        highest = xp.max(xp.where(candidate, xp.minimum(fpr_high, level + distance), -xp.inf))
+        return xp.log(lowest), xp.log(highest)
+
+    top_low, top_high = end(upper_fpr)
+    bottom_low, bottom_high = end(lower_fpr)
+    infinity = xp.full((1,), xp.inf, log_low.dtype)
+    ceiling = xp.concatenate([infinity, log_low[1:-1]])
+    widths_high = xp.minimum(ceiling, top_high) - xp.maximum(log_low[1:], bottom_low)
+    widths_low = xp.minimum(log_high[:-1], top_low) - xp.maximum(log_high[1:], bottom_high)
+
+    def per_point(widths: Array) -> Array:
+        widths = xp.maximum(widths, 0.0)
+        return 0.5 * (xp.pad(widths, (0, 1)) + xp.pad(widths, (1, 0)))
+
+    anomalous = _bins(state.anomalous, xp)
+    if state.capacity is None:
+        knots, curves = _curve_points(anomalous, anomalous.weights, xp)
+        curves = curves / xp.asarray(state.num_anomalous)
+    else:
+        knots, curves = _curve_points(anomalous, anomalous.counts, xp)
+        curves = curves / xp.maximum(curves[:, :1], 1.0)
+    upper_index, lower_index = _bracket(anomalous, knots, below, above, xp)
+    size = knots.shape[0]
+    upper = curves @ _per_knot(upper_index, per_point(widths_high), size, xp)
+    lower = curves @ _per_knot(lower_index, per_point(widths_low), size, xp)
+    return AreaBounds(lower, upper, top_high - bottom_low)
