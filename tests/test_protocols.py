@@ -561,3 +561,42 @@ def test_categories_of_one_image_size_reuse_the_compiled_updates(tmp_path):
         logger.removeHandler(handler)
     later = compiled[boundaries[0] :]
     assert not [name for name in later if "update" in name], later
+
+
+def test_cli_one_category_json_carries_per_image_aupimo_named_by_defect(
+    aupimo_tree, tmp_path, capsys
+):
+    root, maps = aupimo_tree
+    output = tmp_path / "cable.json"
+    code, _, err = run_cli(
+        ["evaluate", "--dataset", root / "cable", "--maps", maps / "cable", "--metrics",
+         "pixel_AUPIMO", "--batch-size", 16, "--output", output, "--quiet", "--no-compile-cache"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    single = json.loads(output.read_text())["per_image"]["pixel_AUPIMO"]
+    dataset = jm.evaluate_dataset(root, maps, ["cable"], names=["pixel_AUPIMO"], batch_size=16)
+    expected = {k.removeprefix("cable/"): v for k, v in dataset.per_image["pixel_AUPIMO"].items()}
+    assert list(single) == list(expected)
+    for name, value in expected.items():
+        assert (single[name] is None) == np.isnan(value)
+        if single[name] is not None:
+            assert single[name] == pytest.approx(value, abs=1e-12)
+
+
+def test_cli_layout_option_overrides_detection(loco_tree, capsys):
+    root, maps = loco_tree
+    code, _, err = run_cli(
+        ["evaluate", "--dataset", root, "--maps", maps, "--layout", "mvtec_ad", "--metrics",
+         "image_AUROC", "--quiet", "--no-compile-cache"],
+        capsys,
+    )  # fmt: skip
+    # read as MVTec AD, a LOCO category has no <name>_mask.png: one error naming the expected file
+    assert code == 1 and "no ground-truth mask for anomalous image" in err, err
+    code, out, err = run_cli(
+        ["evaluate", "--dataset", root, "--maps", maps, "--metrics", "image_AUROC", "--quiet",
+         "--no-compile-cache"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "| juice_bottle |" in out and "| pushpins |" in out
