@@ -179,9 +179,9 @@ class ScoreHistogram(struct.PyTreeNode):
         _, high = _order_statistic(scores, kept, size, highest=True)
         _, low = _order_statistic(scores, kept, size, highest=False)
         taken = jnp.zeros(scores.shape, bool).at[high].set(True)
-        low_candidates = batch.take(low, kept[low] & ~taken[low])  # each sample once
+        low_candidates = batch.take(low, kept & ~taken)  # each sample once
         candidates = _TailPool.concatenate(
-            [self._tail_pool(), batch.take(high, kept[high]), low_candidates]
+            [self._tail_pool(), batch.take(high, kept), low_candidates]
         )
         return self._with_new_tails(self, candidates, self.tail_cuts, batch)
 
@@ -451,7 +451,8 @@ class _TailPool(NamedTuple):
         )
 
     def take(self, index: jax.Array, members: jax.Array) -> _TailPool:
-        """The samples at ``index`` that are ``members`` (the others become empty slots)."""
+        """The samples at ``index`` for which ``members`` (one flag per sample of the pool) holds;
+        the others become empty slots."""
         real = members[index]
         return _TailPool(
             jnp.where(real, self.scores[index], jnp.nan),

@@ -5,7 +5,7 @@ Both average over the 8-connected regions of the ground-truth masks (``scipy.ndi
 labels them inside ``jax.jit``: with scipy through a host callback on CPU, with ``jax.lax`` elsewhere,
 or as ``labeller=`` says). Every region of every image seen counts once, whatever its size.
 
-* :class:`PRO` — the mean over regions of the fraction of the region scoring ``> threshold``.
+* :class:`PRO` — the mean over regions of the fraction of the region scoring ``>= threshold``.
 * :class:`AUPRO` — the MVTec AD per-region-overlap curve (PRO against the false positive rate of the
   background pixels, one point per distinct score), cut at ``fpr_limit`` and integrated. The PRO at
   threshold ``t`` equals ``Σ_{region pixels scoring >= t} 1/|region of the pixel|`` divided by the
@@ -182,7 +182,8 @@ class PRO(Metric):
     """Per-region overlap at one threshold: the mean over all ground-truth regions of the fraction of
     the region predicted positive (anomalib's PRO).
 
-    Float maps are predicted positive where ``map > threshold``; int or bool maps are predictions
+    Float maps are predicted positive where ``map >= threshold`` (the rule of every metric here;
+    anomalib's PRO uses ``>``); int or bool maps are predictions
     already: 0/1 or bool, where 1 (True) is positive; other integers (e.g. 0/255 PNG masks) raise
     ValueError eagerly and make the value NaN inside jit (divide such masks by 255 first). Regions of all images seen count once each; with no region at all
     the value is 1.0, as in anomalib. The state is two scalars (overlap sum, region count), merged
@@ -244,7 +245,7 @@ class PRO(Metric):
         regions = _batch_regions(target, self.region_labels, self.labeller)
         maps = jnp.reshape(maps, regions.labels.shape)
         if jnp.issubdtype(maps.dtype, jnp.floating):
-            predicted, invalid = maps > self.threshold, ~jnp.isfinite(maps)
+            predicted, invalid = maps >= self.threshold, ~jnp.isfinite(maps)
         elif maps.dtype == jnp.bool_:
             predicted, invalid = _nonzero(maps), jnp.zeros(maps.shape, bool)
         else:

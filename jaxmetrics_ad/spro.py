@@ -10,7 +10,7 @@ image may overlap), and each has a *saturation area* ``A_d`` in pixels, from the
 * relative saturation (``relative_saturation: true``, τ ∈ (0, 1]): ``A = int(τ · |d|)``
   (at least 1, see :func:`saturation_areas`).
 
-At threshold ``t`` the overlap of a defect is ``sPRO_d(t) = min(|{p ∈ d : s(p) > t}| / A_d, 1)``;
+At threshold ``t`` the overlap of a defect is ``sPRO_d(t) = min(|{p ∈ d : s(p) >= t}| / A_d, 1)``;
 :class:`SPRO` is its mean over every defect seen. The background is the pixels that no defect mask
 of their image covers; the false positive rate is the fraction of background pixels above the
 threshold. :class:`AUSPRO` integrates the mean sPRO over the FPR from 0 to ``fpr_limit`` (default
@@ -320,7 +320,8 @@ def _append_compact(buffer: Any, scores: jax.Array, channels: jax.Array, weights
 
 class SPRO(Metric):
     """Saturated per-region overlap at one threshold: the mean over every defect of
-    ``min(|{p ∈ d : map(p) > threshold}| / A_d, 1)`` (MVTec LOCO's sPRO).
+    ``min(|{p ∈ d : map(p) >= threshold}| / A_d, 1)`` (MVTec LOCO's sPRO, with the ``>=`` rule of
+    every metric here).
 
     Inputs as described in the module docstring: ``update(anomaly_map (N, H, W), defect_masks
     (N, D, H, W), saturation_area (N, D))``, empty masks being padding. Int or bool maps are
@@ -328,7 +329,7 @@ class SPRO(Metric):
     :class:`~jaxmetrics_ad.PRO`'s. The state is two scalars (overlap sum, defect count).
 
     Args:
-        threshold: the binarisation threshold of float maps (positive where ``map > threshold``).
+        threshold: the binarisation threshold of float maps (positive where ``map >= threshold``).
 
     Example:
         >>> import numpy as np, jaxmetrics_ad as jm
@@ -373,7 +374,7 @@ class SPRO(Metric):
     ):
         defects = _Defects(maps, masks, saturation, valid)
         if jnp.issubdtype(maps.dtype, jnp.floating):
-            predicted, bad = defects.scores > self.threshold, jnp.zeros((), jnp.int32)
+            predicted, bad = defects.scores >= self.threshold, jnp.zeros((), jnp.int32)
         elif maps.dtype == jnp.bool_:
             predicted, bad = defects.scores > 0, jnp.zeros((), jnp.int32)
         else:

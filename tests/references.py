@@ -58,8 +58,8 @@ def _label_regions(masks: np.ndarray) -> tuple[np.ndarray, int]:
 def pro_at_threshold(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5) -> float:
     """Per-region overlap at one threshold: mean over regions of the fraction predicted positive.
 
-    A pixel is predicted positive when its score is strictly greater than ``threshold`` (anomalib's
-    binarisation of float predictions). Every region of every image counts once, whatever its
+    A pixel is predicted positive when its score is at least ``threshold`` (the rule of every metric
+    of ours; anomalib binarises with ``>``). Every region of every image counts once, whatever its
     size. Without any region the overlap is defined as 1.0, as in anomalib.
 
     >>> maps = np.array([[0.9, 0.2, 0.0], [0.0, 0.0, 0.0], [0.0, 0.7, 0.1]])
@@ -72,7 +72,7 @@ def pro_at_threshold(maps: np.ndarray, masks: np.ndarray, threshold: float = 0.5
     if num_regions == 0:
         return 1.0
     region_ids = labels.ravel()
-    predicted = (maps > threshold).ravel().astype(np.float64)
+    predicted = (maps >= threshold).ravel().astype(np.float64)  # our rule (anomalib: >)
     region_sizes = np.bincount(region_ids, minlength=num_regions + 1)[1:]
     hits_per_region = np.bincount(region_ids, weights=predicted, minlength=num_regions + 1)[1:]
     return float(np.mean(hits_per_region / region_sizes))
@@ -421,7 +421,7 @@ def loco_auspro(
 def loco_spro_at(
     maps: np.ndarray, masks: np.ndarray, saturation: np.ndarray, threshold: float
 ) -> float:
-    """Mean over defects of ``min(|{p in d : s(p) > threshold}| / A_d, 1)``; 1.0 without defects.
+    """Mean over defects of ``min(|{p in d : s(p) >= threshold}| / A_d, 1)``; 1.0 without defects.
 
     >>> loco_spro_at(np.array([[[0.9, 0.1]]]), np.array([[[[1, 1]]]]), np.array([[2.0]]), 0.5)
     0.5
@@ -433,7 +433,7 @@ def loco_spro_at(
     return float(
         np.mean(
             [
-                min(np.count_nonzero(mask & (maps[image] > threshold)) / area, 1.0)
+                min(np.count_nonzero(mask & (maps[image] >= threshold)) / area, 1.0)
                 for image, mask, area in defects
             ]
         )

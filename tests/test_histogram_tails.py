@@ -57,6 +57,22 @@ def test_every_cumulative_count_equals_the_samples_at_or_above_its_threshold(tie
         assert np.all(thresholds[1:] <= thresholds[:-1])
 
 
+@pytest.mark.parametrize("parts", [1, 3])
+def test_left_out_samples_never_reach_a_tail_or_a_bin(parts):
+    scores, labels, weights = _samples(7, 6000, tied=True, outliers=5)
+    channels = np.where(np.random.default_rng(8).random(6000) < 0.4, -1, labels)
+    empty = ScoreHistogram.auto(num_bins=64, num_channels=2, num_weights=1, tail_size=512)
+    histogram = _fill(empty, scores, channels, weights, parts)
+    keep = channels >= 0
+    for reader in (histogram.cumulative_on_host, histogram.cumulative):
+        thresholds, counts, summed = (np.asarray(a) for a in reader())
+        expected, expected_weights = _brute_force(
+            thresholds, scores[keep], channels[keep], weights[:, keep]
+        )
+        np.testing.assert_array_equal(counts, expected)
+        np.testing.assert_allclose(summed[0], expected_weights, rtol=1e-5, atol=1e-3)
+
+
 def test_a_far_outlier_leaves_the_bins_at_full_resolution():
     scores, labels, _ = _samples(2, 20000)
     scores[0] = 1e9

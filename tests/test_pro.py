@@ -260,8 +260,10 @@ def test_pro_takes_int_and_bool_predictions_as_labels_and_is_one_without_regions
     labels = scipy_labels(masks)
     expected = pro_at_threshold(maps, masks)
     metric = jm.PRO(region_labels=True)
-    assert float(metric(maps > 0.5, labels)) == pytest.approx(expected, abs=1e-6)
-    assert float(metric((maps > 0.5).astype(np.int32), labels)) == pytest.approx(expected, abs=1e-6)
+    assert float(metric(maps >= 0.5, labels)) == pytest.approx(expected, abs=1e-6)
+    assert float(metric((maps >= 0.5).astype(np.int32), labels)) == pytest.approx(
+        expected, abs=1e-6
+    )
     assert float(jm.PRO()(maps, np.zeros_like(masks))) == 1.0
 
 

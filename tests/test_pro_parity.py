@@ -83,7 +83,7 @@ def test_pillow_bool_masks_inside_jit_equal_clean_masks_for_binned_aupro():
 
 def test_pillow_bool_masks_and_predictions_inside_jit_for_pro():
     maps, masks = random_batch(5)
-    predictions = maps > 0.5
+    predictions = maps >= 0.5
     expected = pro_at_threshold(maps, masks, 0.5)
     stepped = jitted_update(jm.PRO(), pillow_bool(predictions), pillow_bool(masks))
     assert int(stepped.num_invalid) == 0

@@ -205,7 +205,7 @@ def test_spro_at_threshold(seed, threshold):
         float(value), loco_spro_at(maps, masks, saturation, threshold), atol=1e-6
     )
     # binary predictions give the same overlap as the maps they come from
-    predicted = (maps > threshold).astype(np.int32)
+    predicted = (maps >= threshold).astype(np.int32)
     np.testing.assert_allclose(
         float(jm.SPRO()(predicted, masks, saturation)), float(value), atol=1e-6
     )
