@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from jaxmetrics_ad.counts import running_count
+
 
 def _as_batch(
     scores: jax.Array, channels: jax.Array, weights: jax.Array | None, num_weights: int
@@ -226,9 +228,7 @@ class FixedBuffer(struct.PyTreeNode):
             kept = channels >= 0
             live = jnp.sum(kept, dtype=jnp.int32)
             self.check_room(live)
-            slots = jnp.where(
-                kept, self.count + jnp.cumsum(kept, dtype=jnp.int32) - 1, self.capacity
-            )
+            slots = jnp.where(kept, self.count + running_count(kept) - 1, self.capacity)
         else:
             self.check_room(live)
             slots = jnp.where(position < live, self.count + position, self.capacity)

@@ -423,9 +423,18 @@ class ScoreHistogram(struct.PyTreeNode):
         def move(values: jax.Array) -> jax.Array:
             return jnp.zeros_like(values).at[..., target].add(values, mode="drop")
 
+        def moved(arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            return tuple(move(values) for values in arrays)
+
+        # Most updates keep the grid: skip the scatter over every channel's bins then.
+        empty = self.core_min > self.core_max
+        kept_grid = empty | ((exponent == self.exponent) & (offset == self.offset))
+        lo_words, hi_words, weights = jax.lax.cond(
+            kept_grid, lambda arrays: arrays, moved, (self.counts.lo, self.counts.hi, self.weights)
+        )
         return self.replace(
-            counts=WideCount(lo=move(self.counts.lo), hi=move(self.counts.hi)),
-            weights=move(self.weights),
+            counts=WideCount(lo=lo_words, hi=hi_words),
+            weights=weights,
             exponent=exponent,
             offset=offset,
             core_min=lo,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmetrics_ad.counts import running_count
 from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.pimo_rule import IntegrationBand, threshold_grid, trapezoid_weights
 
@@ -241,7 +242,7 @@ def _keep_tail(
     """
     cutoff = jnp.maximum(cutoff, lowest_fitting_edge(normal, tail_size, jnp))
     kept = jnp.isfinite(candidates) & (candidates >= cutoff)
-    slots = jnp.where(kept, jnp.cumsum(kept) - 1, tail_size)
+    slots = jnp.where(kept, running_count(kept) - 1, tail_size)
     tail = jnp.full((tail_size,), -jnp.inf, jnp.float32).at[slots].set(candidates, mode="drop")
     return tail, cutoff
 
