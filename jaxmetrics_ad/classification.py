@@ -6,9 +6,13 @@ All of them read one state, chosen by ``thresholds`` (as in torchmetrics):
   with numpy (jit-able through ``jax.pure_callback``); equals scikit-learn to ~1e-12. Give
   ``capacity=`` to use it inside ``jax.jit``/``lax.scan``.
 * an ``int`` — **binned**: an auto-ranging :class:`~jaxmetrics_ad.histogram.ScoreHistogram` of that many
-  bins; fixed shapes, merges by addition and ``psum``. A bin acts as a block of tied scores, so the ROC
-  area is off from the exact one by at most ``0.5 Σ_b pos_b neg_b / (P N)`` (:meth:`AUROC.error_bound`
-  returns it); with :data:`DEFAULT_NUM_BINS` the measured error on realistic scores is below 1e-5.
+  bins; fixed shapes, merges by addition and ``psum``. A bin acts as a block of samples whose order
+  inside is unknown, and every binned value reports a certified bound on its distance to the exact
+  value (``thresholds=None``), ``error_bound()``: the extreme arrangements inside the blocks. For the
+  ROC area it is ``0.5 Σ_b pos_b neg_b / (P N)`` (:meth:`AUROC.error_bound`); for AUPR and F1Max see
+  :meth:`AUPR.error_bound` and :meth:`F1Max.error_bound`; F1Max and F1AdaptiveThreshold bound their
+  threshold with ``threshold_bound()``. With :data:`DEFAULT_NUM_BINS` the measured AUROC error on
+  realistic scores is below 1e-5.
 * an array — binned at exactly those thresholds (a sample is positive when ``score >= threshold``).
 
 Scores are never transformed: unlike torchmetrics and anomalib, no sigmoid is applied to scores
@@ -32,9 +36,11 @@ from jaxmetrics_ad.counts import WideCount
 from jaxmetrics_ad.curves import (
     ThresholdCounts,
     average_precision,
+    average_precision_spread,
     best_f1,
     counts_from_cumulative,
     exact_counts,
+    f1_upper_bounds,
     precision_recall,
     roc_auc,
     roc_curve,
@@ -115,6 +121,42 @@ def _warn_one_class(name: str, num_positives: float, num_negatives: float, conse
     if num_positives == 0 or num_negatives == 0:
         missing = "positive" if num_positives == 0 else "negative"
         warnings.warn(f"{name}: no {missing} sample; {consequence}", UserWarning, stacklevel=4)
+
+
+def _rounding_margin(size: int, unit: float) -> float:
+    """A stated allowance for the float rounding of a bound and of the value it is compared with.
+
+    Each per-threshold term of the readers takes a handful of operations (relative error a few
+    ``unit``) and, scaled, is at most its share of the positives; sums are pairwise (``log2`` depth
+    each, the value's and the bound's). ``unit`` is 2**-53 on the host (float64) and 2**-24 inside
+    jit (float32, where counts are exact integers below 2**24 samples).
+    """
+    return (16 + 2 * max(1, int(size) - 1).bit_length()) * unit
+
+
+_HOST_UNIT, _TRACED_UNIT = 2.0**-53, 2.0**-24
+_F1_ROUNDING = 16
+"""F1 at a threshold takes a handful of roundings (relative error a few units, F1 <= 1): the value
+and an upper bound evaluated by the same formula differ from the exact ones by less than 16 units."""
+
+
+def _rounded_up(bound: Any) -> jax.Array:
+    """A float64 bound as the float32 at or above it (NaN stays NaN)."""
+    bound = np.float64(bound)
+    single = np.float32(bound)
+    if single < bound:
+        single = np.nextafter(single, np.float32(np.inf))
+    return jnp.asarray(single, jnp.float32)
+
+
+def _returned(value: Any) -> np.float64:
+    """A host (float64) value as ``compute`` returns it: rounded to float32."""
+    return np.float64(np.float32(value))
+
+
+def _block_counts(counts: ThresholdCounts) -> tuple[Any, Any]:
+    """Positives and negatives of each block (between consecutive thresholds) of ``counts``."""
+    return counts.tp_ge - counts.tp_gt, counts.fp_ge - counts.fp_gt
 
 
 class ScoreCurveMetric(Metric):
@@ -223,11 +265,51 @@ class ScoreCurveMetric(Metric):
         """
         if self.is_exact or isinstance(self.thresholds, int):
             return self._scalar(lambda counts: best_f1(counts)[index])
-        candidates = ThresholdCounts(
-            *(field[:-1] for field in self.threshold_counts()[:5]),
-            *self.threshold_counts()[5:],
+        return self._binned_best_f1(self.threshold_counts())[index]
+
+    def _binned_best_f1(self, counts: ThresholdCounts) -> tuple[Any, Any]:
+        """(F1 maximum, its threshold) of binned ``counts``, as :meth:`_best_f1` computes them."""
+        if isinstance(self.thresholds, int):
+            return best_f1(counts)
+        candidates = ThresholdCounts(*(field[:-1] for field in counts[:5]), *counts[5:])
+        return best_f1(candidates, every_threshold=True)
+
+    def _f1_threshold_interval(self, counts: ThresholdCounts, value: Any) -> tuple[Any, Any]:
+        """``[low, high]`` holding the exact (``thresholds=None``) F1-maximising threshold.
+
+        The exact maximum is at least the binned ``value`` and sits at a positive's score, so its
+        block has a positive and an F1 upper bound (:func:`~jaxmetrics_ad.curves.f1_upper_bounds`) of
+        at least ``value``: the interval spans every such block, from its lower threshold to the
+        threshold above it (the highest score for the top block; the lowest score replaces the
+        ``-inf`` of the open bin below given thresholds). (inf, -inf) when no block qualifies.
+        """
+        host = isinstance(counts.tp_ge, np.ndarray)
+        xp = np if host else jnp
+        margin = _F1_ROUNDING * (_HOST_UNIT if host else _TRACED_UNIT)
+        candidate = f1_upper_bounds(counts) + margin >= value
+        score_min = getattr(self.state, "score_min", -np.inf)
+        score_max = getattr(self.state, "score_max", np.inf)
+        if host:
+            score_min, score_max = np.float64(score_min), np.float64(score_max)
+        thresholds = xp.asarray(counts.thresholds, counts.tp_ge.dtype)
+        lower = xp.where(xp.isneginf(thresholds), score_min, thresholds)
+        upper = xp.concatenate(
+            [xp.reshape(xp.asarray(score_max, thresholds.dtype), (1,)), thresholds[:-1]]
         )
-        return best_f1(candidates, every_threshold=True)[index]
+        low = xp.min(xp.where(candidate, lower, xp.inf), initial=np.inf)
+        high = xp.max(xp.where(candidate, upper, -xp.inf), initial=-np.inf)
+        return low, high
+
+    def _threshold_bound_from(self, counts: ThresholdCounts, threshold: Any, low: Any, high: Any):
+        """``max(threshold − low, high − threshold)`` rounded up to float32; NaN if low > high."""
+        if isinstance(counts.tp_ge, np.ndarray):
+            threshold = np.float64(np.asarray(threshold))
+            with np.errstate(invalid="ignore"):
+                bound = np.maximum(threshold - low, high - threshold)
+            return _rounded_up(np.where(low <= high, bound, np.nan))
+        threshold = jnp.asarray(threshold, jnp.float32)
+        bound = jnp.maximum(threshold - low, high - threshold) * (1 + 4 * _TRACED_UNIT)
+        return jnp.where(low <= high, bound, jnp.nan)
 
     def _check_state(self) -> None:
         if self.is_exact:
@@ -271,8 +353,9 @@ class AUROC(ScoreCurveMetric):
     def error_bound(self) -> jax.Array:
         """An upper bound on |binned AUROC − exact AUROC|: ``0.5 Σ_b pos_b neg_b / (P N)``; 0 if exact.
 
-        Pairs of a positive and a negative in the same bin count 1/2 in the binned area and 0, 1/2
-        or 1 in the exact one, so this bound always holds.
+        Pairs of a positive and a negative in the same block (between consecutive thresholds of
+        :meth:`threshold_counts`) count 1/2 in the binned area and 0, 1/2 or 1 in the exact one, so
+        this bound always holds.
 
         Example:
             >>> import jaxmetrics_ad as jm
@@ -281,15 +364,14 @@ class AUROC(ScoreCurveMetric):
         """
         if self.is_exact:
             return jnp.zeros((), jnp.float32)
-        if is_traced(*jax.tree_util.tree_leaves(self.state)):
-            negatives, positives = self.state.counts.as_float()
-            tied = jnp.sum(positives * negatives)
-            return 0.5 * tied / (jnp.sum(positives) * jnp.sum(negatives))
-        counts = self.state.counts.as_float64()
-        negatives, positives = counts
-        with np.errstate(invalid="ignore", divide="ignore"):
-            bound = 0.5 * np.sum(positives * negatives) / (positives.sum() * negatives.sum())
-        return jnp.asarray(bound, jnp.float32)
+        counts = self.threshold_counts()
+        positives, negatives = _block_counts(counts)
+        pairs = counts.num_positives * counts.num_negatives
+        if isinstance(counts.tp_ge, np.ndarray):
+            with np.errstate(invalid="ignore", divide="ignore"):
+                bound = 0.5 * np.sum(positives * negatives) / pairs
+            return jnp.asarray(bound, jnp.float32)
+        return 0.5 * jnp.sum(positives * negatives) / pairs
 
 
 class AUPR(ScoreCurveMetric):
@@ -315,6 +397,51 @@ class AUPR(ScoreCurveMetric):
         precision, recall = precision_recall(self.threshold_counts(at="all"))
         return jnp.asarray(recall, jnp.float32), jnp.asarray(precision, jnp.float32)
 
+    @state_reader
+    def error_bound(self) -> jax.Array:
+        """A certified bound on |binned AUPR − exact AUPR| (exact: ``thresholds=None``); 0 if exact.
+
+        Each block of samples between consecutive thresholds is read as one tie; the exact order
+        inside it is unknown. Over every arrangement inside the blocks — distinct scores or ties,
+        scored as scikit-learn does (one step per distinct score) — the exact AP lies in
+        ``[AP − below, AP + above]`` (:func:`~jaxmetrics_ad.curves.average_precision_spread` has
+        the closed forms and the proof): *above* is reached when each block's positives tie at its
+        top, *below* when its negatives all come first. The bound is
+        ``max(above, below)`` plus the float32 rounding of the returned value; eagerly the sums are
+        float64 and the bound is rounded up to a float32; inside jit they are float32 and a stated
+        margin of ``(16 + 2 ceil(log2 T))·2⁻²⁴`` is added (T thresholds; ~2.6e-6 for 16384 bins;
+        counts exact below 2**24 samples). NaN without positives.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> scores, labels = [0.1, 0.4, 0.35, 0.8, 0.31], [0, 0, 1, 1, 0]
+            >>> binned = jm.AUPR(thresholds=4).update(scores, labels)
+            >>> exact = float(jm.AUPR()(scores, labels))
+            >>> import warnings
+            >>> with warnings.catch_warnings(record=True) as caught:  # 4 bins: a loose bound warns
+            ...     warnings.simplefilter("always")
+            ...     value = float(binned.compute())
+            >>> bound = float(binned.error_bound())
+            >>> round(value, 4), round(exact, 4), round(bound, 4), abs(value - exact) <= bound
+            (0.75, 0.8333, 0.25, True)
+            >>> "may be off by up to 0.25" in str(caught[0].message)
+            True
+        """
+        if self.is_exact:
+            return jnp.zeros((), jnp.float32)
+        counts = self.threshold_counts()
+        below, above, truncation = average_precision_spread(counts)
+        size = counts.tp_ge.shape[0]
+        if isinstance(counts.tp_ge, np.ndarray):
+            with np.errstate(divide="ignore", invalid="ignore"):  # no positive: NaN, said once
+                value = average_precision(counts)
+            shift = value - _returned(value)  # compute() returns float32
+            bound = np.maximum(above + shift, below - shift)
+            bound = bound + truncation + _rounding_margin(size, _HOST_UNIT)
+            return _rounded_up(np.where(counts.num_positives > 0, bound, np.nan))
+        bound = jnp.maximum(below, above) + truncation + _rounding_margin(size, _TRACED_UNIT)
+        return jnp.where(counts.num_positives > 0, bound, jnp.nan)
+
 
 class F1Max(ScoreCurveMetric):
     """The maximum F1 over all thresholds; :meth:`threshold` gives the (lowest) threshold attaining it.
@@ -337,6 +464,77 @@ class F1Max(ScoreCurveMetric):
     def threshold(self) -> jax.Array:
         """The lowest threshold at which F1 reaches its maximum (NaN without positives)."""
         return self._best_f1(1)
+
+    @state_reader
+    def error_bound(self) -> jax.Array:
+        """A certified bound on |binned F1Max − exact F1Max| (exact: ``thresholds=None``); 0 if exact.
+
+        A binned candidate threshold is a real threshold, so binned F1Max <= exact F1Max. The exact
+        maximum sits at a threshold inside some block (between consecutive thresholds) holding a
+        positive; there F1 is at most F1 with all of that block's positives and none of its
+        negatives added to the counts above it (:func:`~jaxmetrics_ad.curves.f1_upper_bounds`;
+        anomalib's ``2PR/(P+R+1e-10)`` is monotone in P and R too, so the 1e-10 keeps the
+        direction). The bound is ``max_j UB_j − F1Max``, plus the float32 rounding of the returned
+        value (eagerly: float64, rounded up to a float32; inside jit: float32 plus 16·2⁻²⁴ for
+        the rounding of the F1 formula).
+
+        With given thresholds the value is anomalib's F1Max at exactly those thresholds, computed
+        without error; the bound still measures the distance to the exact (every-score) F1Max,
+        the open bin below the first threshold included.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> scores, labels = [0.1, 0.5, 0.9, 0.12, 0.3, 0.32], [0, 1, 1, 1, 0, 1]
+            >>> binned = jm.F1Max(thresholds=4).update(scores, labels)
+            >>> exact = float(jm.F1Max()(scores, labels))
+            >>> import warnings
+            >>> with warnings.catch_warnings():  # 4 bins: the loose bound warns
+            ...     warnings.simplefilter("ignore")
+            ...     value = float(binned.compute())
+            >>> bound = float(binned.error_bound())  # reached: exact − binned = 0.0889
+            >>> round(value, 4), round(exact, 4), round(bound, 4), value <= exact <= value + bound
+            (0.8, 0.8889, 0.0889, True)
+        """
+        if self.is_exact:
+            return jnp.zeros((), jnp.float32)
+        counts = self.threshold_counts()
+        with np.errstate(divide="ignore", invalid="ignore"):  # one class: said once, by compute
+            value = self._binned_best_f1(counts)[0]
+            upper = f1_upper_bounds(counts)
+        if isinstance(counts.tp_ge, np.ndarray):
+            upper = np.max(upper, initial=0.0)
+            returned = _returned(value)
+            bound = max(upper - returned, returned - value, 0.0)
+            return _rounded_up(bound + _F1_ROUNDING * _HOST_UNIT)
+        upper = jnp.max(upper, initial=0.0)
+        return jnp.maximum(upper - value, 0.0) + _F1_ROUNDING * _TRACED_UNIT
+
+    @state_reader
+    def threshold_bound(self) -> jax.Array:
+        """A certified bound on |binned threshold − exact threshold|, in score units; 0 if exact.
+
+        The exact threshold (the lowest score attaining the exact F1Max) lies in a block holding a
+        positive whose F1 upper bound (see :meth:`error_bound`) reaches the binned F1Max; the
+        bound is the farthest edge of those blocks from :meth:`threshold` (the highest / lowest
+        score stands in for the open ends). NaN without positives (no threshold is defined).
+        Not compared with ``LOOSE_BOUND``: it is in score units.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> scores, labels = [0.1, 0.5, 0.9, 0.12, 0.3, 0.32], [0, 1, 1, 1, 0, 1]
+            >>> binned = jm.F1Max(thresholds=4).update(scores, labels)
+            >>> exact = float(jm.F1Max().update(scores, labels).threshold())
+            >>> threshold, bound = float(binned.threshold()), float(binned.threshold_bound())
+            >>> threshold, round(exact, 4), bound, abs(threshold - exact) <= bound
+            (0.0, 0.12, 0.5, True)
+        """
+        if self.is_exact:
+            return jnp.zeros((), jnp.float32)
+        counts = self.threshold_counts()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value, threshold = self._binned_best_f1(counts)
+            low, high = self._f1_threshold_interval(counts, value)
+        return self._threshold_bound_from(counts, threshold, low, high)
 
 
 class F1AdaptiveThreshold(ScoreCurveMetric):
@@ -363,6 +561,42 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
         threshold = jnp.where(has_negatives, threshold, lowest)
         # the fallbacks above must not hide a value that is undefined for another reason
         return jnp.where(self._overflowed(), jnp.nan, threshold)
+
+    @state_reader
+    def threshold_bound(self) -> jax.Array:
+        """A certified bound on |binned value − exact value| in score units; 0 if exact.
+
+        With both classes, as :meth:`F1Max.threshold_bound`; with one class the exact fallback is
+        the highest (no positive) or lowest (no negative) score, kept exactly by the state, so the
+        bound is the distance of this value to it (0 for auto-ranging bins; for given thresholds,
+        which fall back to the highest / lowest threshold as anomalib does, that distance).
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> scores, labels = [2.3, 1.6, 2.6, 7.9, 3.3], [0, 0, 0, 1, 1]
+            >>> binned = jm.F1AdaptiveThreshold(thresholds=16).update(scores, labels)
+            >>> value, bound = float(binned.compute()), float(binned.threshold_bound())
+            >>> value, bound, abs(value - 3.3) <= bound
+            (3.0, 0.5, True)
+        """
+        if self.is_exact:
+            return jnp.zeros((), jnp.float32)
+        counts = self.threshold_counts()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            value = self._binned_best_f1(counts)[0]
+            low, high = self._f1_threshold_interval(counts, value)
+            threshold = self._compute()
+        xp = np if isinstance(counts.tp_ge, np.ndarray) else jnp
+        lowest, highest = self.state.score_min, self.state.score_max
+        if xp is np:
+            lowest, highest = np.float64(lowest), np.float64(highest)
+        for missing, fallback in (
+            (counts.num_positives == 0, highest),
+            (counts.num_negatives == 0, lowest),
+        ):
+            low = xp.where(missing, fallback, low)
+            high = xp.where(missing, fallback, high)
+        return self._threshold_bound_from(counts, threshold, low, high)
 
     def _overflowed(self) -> jax.Array:
         return self.state.overflowed() if self.is_exact else jnp.array(False)

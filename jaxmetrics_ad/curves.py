@@ -166,8 +166,154 @@ def average_precision(counts: ThresholdCounts) -> Array:
     xp = _xp(counts.tp_ge)
     precision, _ = precision_recall(counts)
     gained = (counts.tp_ge - counts.tp_gt) / counts.num_positives
-    area = xp.sum(xp.where(gained > 0, gained * precision, 0.0))
+    area = pairwise_sum(xp.where(gained > 0, gained * precision, 0.0))
     return xp.where(counts.num_positives > 0, area, xp.nan)
+
+
+def pairwise_sum(values: Array) -> Array:
+    """The sum over the last axis by pairwise (tree) summation, the order numpy uses.
+
+    numpy arrays go to ``np.sum``. For jax arrays the tree is written out (pad to a power of two, add
+    halves), so that the float32 rounding error is at most ``ceil(log2 n)`` units in the last place
+    of the sum of magnitudes whatever the backend does with a plain reduction.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> float(pairwise_sum(jnp.arange(5.0)))
+        10.0
+    """
+    if isinstance(values, np.ndarray):
+        return np.sum(values, axis=-1)
+    size = values.shape[-1]
+    if size == 0:
+        return jnp.zeros(values.shape[:-1], values.dtype)
+    width = 1 << (size - 1).bit_length()
+    padding = [(0, 0)] * (values.ndim - 1) + [(0, width - size)]
+    values = jnp.pad(values, padding)
+    while values.shape[-1] > 1:
+        values = values[..., 0::2] + values[..., 1::2]
+    return values[..., 0]
+
+
+HARMONIC_DIRECT_TERMS = 64
+"""Below this many terms harmonic sums are added up directly; from it on the asymptotic series."""
+_EULER_GAMMA = 0.57721566490153286061
+
+
+def harmonic_number(n: Array) -> Array:
+    """``H(n) = 1 + 1/2 + ... + 1/n`` for (float) counts ``n >= 0``; numpy or jax, elementwise.
+
+    Below :data:`HARMONIC_DIRECT_TERMS` the terms are added up; above, the asymptotic series
+    ``ln n + γ + 1/(2n) − 1/(12n²) + 1/(120n⁴) − 1/(252n⁶)``, whose truncation error lies in
+    ``(0, 1/(240 n⁸))`` (below 2e-17 for n >= 64, far under float rounding).
+
+    Example:
+        >>> import numpy as np
+        >>> [round(float(h), 12) for h in harmonic_number(np.array([0.0, 1.0, 4.0, 100.0]))]
+        [0.0, 1.0, 2.083333333333, 5.18737751764]
+    """
+    xp = _xp(n)
+    terms = xp.arange(1, HARMONIC_DIRECT_TERMS + 1, dtype=n.dtype)
+    direct = xp.sum(xp.where(terms <= n[..., None], 1.0 / terms, 0.0), axis=-1)
+    large = xp.maximum(n, HARMONIC_DIRECT_TERMS)
+    inverse = 1.0 / large
+    square = inverse * inverse
+    series = square * (-1.0 / 12 + square * (1.0 / 120 - square / 252))
+    asymptotic = xp.log(large) + _EULER_GAMMA + inverse / 2 + series
+    return xp.where(n < HARMONIC_DIRECT_TERMS, direct, asymptotic)
+
+
+def _spread_asymptotic(base: Array, extra: Array) -> tuple[Array, Array]:
+    """``E(base, extra)`` (see :func:`_spread`) for ``base >= 64`` by the asymptotic series, written
+    so that nothing cancels: with ``y = extra / (base + extra)``,
+    ``H(base + extra) − H(base) = −ln(1 − y) − y/(2 base) + d₂/12 − d₄/120 + d₆/252`` where
+    ``d_k = base⁻ᵏ − (base + extra)⁻ᵏ``, and ``−ln(1 − y) − y`` is one ``log1p``. Returns the value
+    and the truncation error bound ``1/(240 base⁸)``."""
+    xp = _xp(base)
+    top = base + extra
+    share = extra / xp.maximum(top, 1.0)
+    inv_base, inv_top = 1.0 / base, 1.0 / top
+    d2 = share * inv_base * (inv_base + inv_top)
+    sq_base, sq_top = inv_base * inv_base, inv_top * inv_top
+    d4 = d2 * (sq_base + sq_top)
+    d6 = d2 * (sq_base * sq_base + sq_base * sq_top + sq_top * sq_top)
+    value = (-xp.log1p(-share) - share) - share * inv_base / 2 + d2 / 12 - d4 / 120 + d6 / 252
+    return xp.maximum(value, 0.0), sq_base**4 / 240
+
+
+def _spread(base: Array, extra: Array) -> tuple[Array, Array]:
+    """``E(b, p) = Σ_{i=1..p} (1/(b+i) − 1/(b+p)) = H(b+p) − H(b) − p/(b+p) >= 0`` per entry, and a
+    bound on its series truncation error.
+
+    Three stable ways, chosen per entry (K = :data:`HARMONIC_DIRECT_TERMS`):
+    ``p <= K``: the non-negative terms ``(p−i)/((b+i)(b+p))`` added up; ``b >= K``:
+    :func:`_spread_asymptotic`; ``b < K < p``: the terms with ``b+i <= K`` added up,
+    ``Σ_{m=b+1..K} (b+p−m)/(m(b+p))``, plus ``E(K, b+p−K)`` (the rest) by the series. Every piece is
+    small compared with ``p/(b+p)``, so the absolute rounding error of ``(b−a)/P · E`` is a few
+    units in the last place of ``p/P``: no catastrophic cancellation in float32 either.
+    """
+    xp = _xp(base)
+    k = HARMONIC_DIRECT_TERMS
+    index = xp.arange(1, k + 1, dtype=base.dtype)
+    b, p = base[..., None], extra[..., None]
+    top = xp.maximum(b + p, 1.0)
+    small_p = xp.sum(xp.where(index < p, (p - index) / ((b + index) * top), 0.0), axis=-1)
+    head = xp.sum(xp.where(index > b, (b + p - index) / (index * top), 0.0), axis=-1)
+    large_b, large_b_error = _spread_asymptotic(xp.maximum(base, k), extra)
+    tail, tail_error = _spread_asymptotic(xp.full_like(base, k), xp.maximum(base + extra - k, 0.0))
+    value = xp.where(extra <= k, small_p, xp.where(base >= k, large_b, head + tail))
+    error = xp.where(extra <= k, 0.0, xp.where(base >= k, large_b_error, tail_error))
+    return value, error
+
+
+def average_precision_spread(counts: ThresholdCounts) -> tuple[Array, Array, Array]:
+    """How far the exact average precision can lie below and above the binned one, per the blocks.
+
+    Returns ``(below, above, truncation)``: over every arrangement of the samples inside each block
+    (consecutive thresholds delimit a block whose internal order is unknown; ties allowed, scored as
+    scikit-learn does, one step per distinct score), the exact AP lies in
+    ``[AP_binned − below, AP_binned + above]`` up to the float rounding of these sums and the series
+    truncation error ``truncation`` (at most ~1e-15 in total). NaN-free; divided by the number of
+    positives, so inf/NaN without positives.
+
+    Why. Let a block hold ``p`` positives and ``n`` negatives below ``A`` positives and ``B``
+    negatives (counts at the threshold above), and ``P`` positives in all. Nothing outside the block
+    depends on the order inside it, so AP is a sum of independent per-block contributions. Binned,
+    the block is one tie: ``c = p (A+p) / (A+B+p+n) / P``. Exactly, each positive of the block
+    contributes ``(A+i)/(A+B+i+m) / P`` where ``i`` positives and ``m`` negatives of the block score
+    at or above it (for a tie, the counts at the end of its group: ``i`` is at least the positive's
+    own rank ``r``, ``m`` at most ``n``). That is increasing in ``i``, decreasing in ``m``, so
+
+    * it is at most ``(A+p)/(A+B+p)``: ``c_max = p (A+p)/(A+B+p) / P``, reached when the block's
+      positives share one score above its negatives (all positives first with distinct scores
+      gives less when ``A+B > 0``: a tie of positives can raise AP). ``above = Σ (c_max − c)
+      = Σ p (A+p) n / ((A+B+p)(A+B+p+n)) / P``.
+    * it is at least ``(A+r)/(A+B+n+r)``: ``c_min = Σ_{r=1..p} (A+r)/(A+B+n+r) / P``, reached by
+      all negatives first, distinct scores. With ``a = A``, ``b = A+B+n``:
+      ``c − c_min = (b−a) Σ_{r=1..p} (1/(b+r) − 1/(b+p)) / P = (b−a) (H(b+p) − H(b) − p/(b+p)) / P``
+      (harmonic numbers ``H``, :func:`_spread`).
+
+    Example:
+        >>> import numpy as np
+        >>> # one block: a positive and a negative tied; exactly AP is 1 (positive first) or 1/2
+        >>> c = counts_from_cumulative(np.array([0.0]), np.array([1.0]), np.array([1.0]))
+        >>> float(average_precision(c)), [float(v) for v in average_precision_spread(c)]
+        (0.5, [0.0, 0.5, 0.0])
+    """
+    xp = _xp(counts.tp_ge)
+    above_p, above_n = counts.tp_gt, counts.fp_gt
+    pos, neg = counts.tp_ge - above_p, counts.fp_ge - above_n
+    num_positives = counts.num_positives
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gained = pos / num_positives
+        without = xp.maximum(above_p + above_n + pos, 1.0)
+        with_all = xp.maximum(above_p + above_n + pos + neg, 1.0)
+        above = gained * ((above_p + pos) / without) * (neg / with_all)
+        spread, truncation = _spread(above_p + above_n + neg, pos)
+        scale = (above_n + neg) / num_positives
+        below = scale * spread
+        truncation = scale * truncation
+    return pairwise_sum(below), pairwise_sum(above), pairwise_sum(truncation)
 
 
 def f1_scores(counts: ThresholdCounts) -> Array:
@@ -203,3 +349,23 @@ def best_f1(counts: ThresholdCounts, every_threshold: bool = False) -> tuple[Arr
     # Thresholds descend, so the lowest threshold among ties is the last maximum.
     last = f1.shape[0] - 1 - xp.argmax(f1[::-1])
     return f1[last], counts.thresholds[last]
+
+
+def f1_upper_bounds(counts: ThresholdCounts) -> Array:
+    """Per block, an upper bound on F1 at any threshold inside it (−1 where it holds no positive).
+
+    A threshold inside block ``j`` predicts the ``A`` positives and ``B`` negatives above the block
+    and some of its ``p`` positives and ``n`` negatives: ``TP <= A + p``, ``FP >= B``. F1 is
+    increasing in TP and decreasing in FP — also anomalib's ``2PR/(P+R+1e-10)``, which increases in
+    both precision and recall (∂/∂P = 2R(R+ε)/(P+R+ε)² >= 0) — so it is at most F1 at
+    ``(A+p, B)``. The exact maximum sits at a positive's score, so blocks without one are left out.
+
+    Example:
+        >>> import numpy as np
+        >>> c = counts_from_cumulative(np.array([1.0, 0.0]), np.array([1.0, 2.0]), np.array([1.0, 2.0]))
+        >>> [round(float(v), 4) for v in f1_upper_bounds(c)]
+        [0.6667, 0.8]
+    """
+    xp = _xp(counts.tp_ge)
+    optimistic = f1_scores(counts._replace(fp_ge=counts.fp_gt))
+    return xp.where(counts.tp_ge > counts.tp_gt, optimistic, -1.0)
