@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics_ad.base import Metric, read_field
+from jaxmetrics_ad.base import Metric, available_fields, read_field
 from jaxmetrics_ad.classification import AUROC, DEFAULT_NUM_BINS, F1Score
-from jaxmetrics_ad.validation import as_array, clean_bool, is_traced
+from jaxmetrics_ad.validation import as_array, checks_once, clean_bool, is_traced
 
 STAGES = ("val", "test")
 """Stage names, in the order of the constructor's arguments (anomalib's)."""
@@ -274,6 +274,14 @@ class Evaluator:
         """
         index = self._stage_index(stage)
         metrics = self._stages[index]
+        if is_traced(*jax.tree_util.tree_leaves(self), *jax.tree_util.tree_leaves(batch)):
+            return self._update_stage(index, batch, valid)
+        # eagerly, each field is converted to a jax array and value-checked once, not per metric
+        with checks_once():
+            return self._update_stage(index, _converted_fields(batch, metrics), valid)
+
+    def _update_stage(self, index: int, batch: Any, valid: Any) -> Evaluator:
+        metrics = self._stages[index]
         if valid is None and self._can_pad(index, batch):
             return self._padded_update(index, batch)
         updated = _apply_shared(
@@ -447,6 +455,16 @@ def _check_same_plan(mine: Evaluator, plan: tuple, action: str) -> None:
         "sharing another's state would take that metric's data. Build both Evaluators the same "
         "way (from fresh metrics, so that the same metrics share)"
     )
+
+
+def _converted_fields(batch: Any, metrics: Sequence[Metric]) -> dict[str, Any]:
+    """The batch as a dict, the fields some metric reads converted to jax arrays once."""
+    read = {field for metric in metrics for field in metric.fields}
+    converted = {}
+    for name in available_fields(batch):
+        value = read_field(batch, name)
+        converted[name] = as_array(value, name) if name in read and value is not None else value
+    return converted
 
 
 def _apply_shared(

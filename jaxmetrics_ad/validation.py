@@ -8,6 +8,9 @@ jit the offending samples are left out and counted, and the metric's ``compute``
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -123,6 +126,41 @@ def check_same_shape(first: jax.Array, first_field: str, second: jax.Array, seco
         )
 
 
+_PASSED: dict[tuple[int, str], object] | None = None  # checks passed in the open ``checks_once``
+
+
+@contextlib.contextmanager
+def checks_once() -> Iterator[None]:
+    """Within the block, a value check that passed for an array is not run again on that array.
+
+    The Evaluator opens one per batch: metrics reading the same field (pixel AUROC, AUPRO and
+    AUPIMO all read ``anomaly_map``) then check it once. Arrays are recognised by identity and
+    kept alive until the block ends, so an id cannot be reused meanwhile.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> maps = jnp.array([0.1, 0.2])
+        >>> with checks_once():
+        ...     check_finite(maps, "anomaly_map")  # checked
+        ...     check_finite(maps, "anomaly_map")  # already known to pass
+    """
+    global _PASSED
+    outer, _PASSED = _PASSED, {}
+    try:
+        yield
+    finally:
+        _PASSED = outer
+
+
+def _already_passed(values: object, check: str) -> bool:
+    return _PASSED is not None and (id(values), check) in _PASSED
+
+
+def _passed(values: object, check: str) -> None:
+    if _PASSED is not None:
+        _PASSED[(id(values), check)] = values
+
+
 def check_finite(scores: jax.Array, field: str) -> None:
     """Eagerly raise ValueError when ``scores`` holds NaN or inf, or integers past 2**24 (which
     float32, the type scores are compared in, cannot all tell apart); no-op inside jit.
@@ -134,7 +172,7 @@ def check_finite(scores: jax.Array, field: str) -> None:
         ...
         ValueError: anomaly_map: 1 of 2 values are NaN or inf; scores must be finite
     """
-    if is_traced(scores) or scores.size == 0:
+    if is_traced(scores) or scores.size == 0 or _already_passed(scores, "finite"):
         return
     if jnp.issubdtype(scores.dtype, jnp.integer):
         # compared in float32, which holds every integer only up to 2**24: larger ones could tie
@@ -153,6 +191,7 @@ def check_finite(scores: jax.Array, field: str) -> None:
         raise ValueError(
             f"{field}: {bad} of {scores.size} values are NaN or inf; scores must be finite"
         )
+    _passed(scores, "finite")
 
 
 def _checkable(values: jax.Array) -> tuple[object, object]:
@@ -177,7 +216,7 @@ def check_binary(labels: jax.Array, field: str) -> None:
         ...
         ValueError: gt_mask: labels must be 0/1 or boolean, found 1 other values (e.g. 2)
     """
-    if labels.dtype == jnp.bool_ or is_traced(labels):
+    if labels.dtype == jnp.bool_ or is_traced(labels) or _already_passed(labels, "binary"):
         return
     xp, values = _checkable(labels)
     bad = (values != 0) & (values != 1)
@@ -187,6 +226,7 @@ def check_binary(labels: jax.Array, field: str) -> None:
         raise ValueError(
             f"{field}: labels must be 0/1 or boolean, found {count} other values (e.g. {example})"
         )
+    _passed(labels, "binary")
 
 
 def per_sample(valid: jax.Array | None, shape: tuple[int, ...]) -> jax.Array | None:
