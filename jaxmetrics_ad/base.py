@@ -55,6 +55,42 @@ def state_reader(method: _Reader) -> _Reader:
     return read  # type: ignore[return-value]
 
 
+def valid_rows(arrays: Sequence[jax.Array], valid: jax.Array | None) -> tuple[jax.Array, ...]:
+    """The images (first-axis rows) of ``arrays`` where ``valid`` is True, for eager code.
+
+    The one place rows are left out eagerly: :meth:`Metric.update`'s input checks and the metrics
+    whose state keeps data-dependent amounts on the host (exact PIMO) use it. Arrays are returned
+    unchanged when ``valid`` is None or all True, or when anything is traced (inside jit a metric
+    masks with ``valid`` instead). Otherwise the rows are taken with numpy on the host and put on
+    the CPU with ``jax.device_put``: that compiles nothing, where eager jax indexing or
+    ``jnp.asarray`` of a numpy array compile a small program per shape, i.e. per count of valid
+    rows (a ragged last batch would compile again). The eager checks then run in numpy too (see
+    ``validation._checkable``). Arrays whose first axis is not ``valid``'s are returned unchanged,
+    for the shape checks to name them.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> maps, masks = valid_rows([jnp.arange(3.0), jnp.array([0, 1, 0])], jnp.array([True, False, True]))
+        >>> maps.tolist(), masks.tolist()
+        ([0.0, 2.0], [0, 0])
+    """
+    if valid is None or is_traced(valid, *arrays):
+        return tuple(arrays)
+    rows = np.asarray(valid)
+    if rows.all() or any(np.shape(a)[: rows.ndim] != rows.shape for a in arrays):
+        return tuple(arrays)
+    return tuple(jax.device_put(np.asarray(a)[rows], _host_device()) for a in arrays)
+
+
+@functools.cache
+def _host_device() -> jax.Device | None:
+    """The CPU device (None, i.e. the default one, when jax runs without its CPU backend)."""
+    try:
+        return jax.local_devices(backend="cpu")[0]
+    except RuntimeError:
+        return None
+
+
 def _saturating_add(count: jax.Array, more: jax.Array) -> jax.Array:
     """``count + more`` for non-negative int32 counts, stopping at 2**31 - 1 instead of wrapping."""
     more = jnp.asarray(more, jnp.int32)
@@ -347,11 +383,8 @@ class Metric:
             )
         arrays = [as_array(x, field) for x, field in zip(inputs, self.fields)]
         valid = self._checked_valid(valid, arrays)
-        if valid is None or is_traced(valid, *arrays):
-            self._check_inputs(*arrays)
-        else:  # eager checks see the images that count, not the padding
-            rows = np.asarray(valid)
-            self._check_inputs(*(jnp.asarray(np.asarray(a)[rows]) for a in arrays))
+        # eager checks see the images that count, not the padding
+        self._check_inputs(*valid_rows(arrays, valid))
         if is_traced(*arrays, valid, *jax.tree_util.tree_leaves(self)) or self._state_grows():
             return self._update_unchecked(*arrays, valid=valid)
         return _jitted_update(self, arrays, valid)

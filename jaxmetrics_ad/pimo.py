@@ -88,7 +88,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad import pimo_binned
-from jaxmetrics_ad.base import LOOSE_BOUND, Metric, state_reader
+from jaxmetrics_ad.base import LOOSE_BOUND, Metric, state_reader, valid_rows
 from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.pimo_binned import DEFAULT_TAIL_SIZE, BinnedCurves
 from jaxmetrics_ad.pimo_exact import EXACT_KEEP_ALL_PIXELS, ExactTails, fraction_at_or_above
@@ -311,10 +311,8 @@ class _PerImageOverlapMetric(Metric):
 
     def _update_state(self, maps: jax.Array, masks: jax.Array, valid: jax.Array | None = None):
         maps, masks = _image_batch(maps, self.fields[0]), _image_batch(masks, self.fields[1])
-        if self.is_exact and valid is not None and not is_traced(valid):
-            rows = np.asarray(valid)
-            maps, masks = jnp.asarray(np.asarray(maps)[rows]), jnp.asarray(np.asarray(masks)[rows])
         if self.is_exact:
+            maps, masks = valid_rows((maps, masks), valid)  # host data: padding is left out here
             if is_traced(maps, masks):
                 raise TypeError(
                     f"{self.name}: exact mode keeps data-dependent amounts on the host; update it "
