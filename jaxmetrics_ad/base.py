@@ -505,8 +505,9 @@ class Metric:
         if bound > LOOSE_BOUND:
             warnings.warn(
                 f"{self.name}: the binned value may be off by up to {bound:.3g} (certified bound): "
-                "the bins are too coarse for these scores (e.g. a few far outliers widen every "
-                "bin); use more thresholds, explicit thresholds, or exact mode (thresholds=None)",
+                "the bins are too coarse for these scores (e.g. heavily tied scores, or more far "
+                "outliers than the exact tails keep); use more thresholds, explicit thresholds, or "
+                "exact mode (thresholds=None)",
                 UserWarning,
                 stacklevel=3,
             )

@@ -6,7 +6,10 @@ All of them read one state, chosen by ``thresholds`` (as in torchmetrics):
   with numpy (jit-able through ``jax.pure_callback``); equals scikit-learn to ~1e-12. Give
   ``capacity=`` to use it inside ``jax.jit``/``lax.scan``.
 * an ``int`` — **binned**: an auto-ranging :class:`~jaxmetrics_ad.histogram.ScoreHistogram` of that many
-  bins; fixed shapes, merges by addition and ``psum``. A bin acts as a block of samples whose order
+  bins, plus the :data:`~jaxmetrics_ad.histogram.METRIC_TAIL_SIZE` highest and lowest scores kept
+  exactly outside the bins (a few far outliers do not widen them: one pixel at 1e9 among scores in
+  [0, 1.3] leaves AUROC where it was); fixed shapes, merges by addition and ``psum``, whatever the
+  order. A bin (or a tail score) acts as a block of samples whose order
   inside is unknown, and every binned value reports a certified bound on its distance to the exact
   value (``thresholds=None``), ``error_bound()``: the extreme arrangements inside the blocks. For the
   ROC area it is ``0.5 Σ_b pos_b neg_b / (P N)`` (:meth:`AUROC.error_bound`); for AUPR and F1Max see
@@ -45,7 +48,7 @@ from jaxmetrics_ad.curves import (
     roc_auc,
     roc_curve,
 )
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import METRIC_TAIL_SIZE, ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import (
     as_array,
@@ -200,7 +203,7 @@ class ScoreCurveMetric(Metric):
                 return ChunkedBuffer.empty()
             return FixedBuffer.empty(self.capacity)
         if isinstance(self.thresholds, int):
-            return ScoreHistogram.auto(self.thresholds, num_channels=2)
+            return ScoreHistogram.auto(self.thresholds, num_channels=2, tail_size=METRIC_TAIL_SIZE)
         return ScoreHistogram.fixed(self.thresholds, num_channels=2)
 
     def _check_inputs(self, preds: jax.Array, target: jax.Array) -> None:
@@ -316,7 +319,7 @@ class ScoreCurveMetric(Metric):
             _, channels = self._host_samples()
             positives, negatives = int(np.sum(channels == 1)), int(np.sum(channels == 0))
         else:
-            negatives, positives = (float(t) for t in self.state.counts.as_float64().sum(axis=1))
+            negatives, positives = (float(t) for t in self.state.total_counts())
         _warn_one_class(self.name, positives, negatives, self.one_class_consequence)
 
 
@@ -604,7 +607,7 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
     def _score_range_and_classes(self) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
         """Lowest and highest score and whether a negative / a positive was seen, without a sort."""
         if not self.is_exact:
-            negatives, positives = self.state.counts.as_float().sum(axis=1)
+            negatives, positives = self.state.total_counts()  # tails included
             if self.state.edges is not None:  # anomalib: the lowest / highest given threshold
                 lowest, highest = (jnp.float32(self.state.edges[i]) for i in (0, -1))
             else:
@@ -652,7 +655,11 @@ class BinaryPrecisionRecallCurve(ScoreCurveMetric):
 
 
 class F1Score(Metric):
-    """F1 of predicted labels: float scores become ``score > threshold``; int/bool inputs are labels.
+    """F1 of predicted labels: float scores become ``score >= threshold``; int/bool inputs are labels.
+
+    ``>=`` is the rule of every metric here (a sample is positive when it scores at or above the
+    threshold), so ``F1Score(threshold=F1AdaptiveThreshold's value)`` reproduces F1Max; anomalib and
+    torchmetrics binarise with ``>``.
 
     Zero division (no positive predicted or present) gives 0, as in torchmetrics.
 
@@ -695,7 +702,7 @@ class F1Score(Metric):
         keep = per_sample(valid, preds.shape)
         keep = jnp.ones(preds.shape, bool) if keep is None else keep
         if jnp.issubdtype(preds.dtype, jnp.floating):
-            predicted = preds > self.threshold
+            predicted = preds >= self.threshold
             valid_preds = jnp.isfinite(preds)
         else:
             predicted = preds == 1

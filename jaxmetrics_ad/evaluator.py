@@ -48,7 +48,7 @@ def _same_leaves(first: Metric, second: Metric) -> bool:
     if tree_a != tree_b or is_traced(*leaves_a, *leaves_b):
         return False
     return all(
-        a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b))
+        a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=True))
         for a, b in zip(leaves_a, leaves_b)
     ) and int(first.num_updates) == int(second.num_updates)
 

@@ -423,14 +423,21 @@ class ScoreHistogram(struct.PyTreeNode):
         def move(values: jax.Array) -> jax.Array:
             return jnp.zeros_like(values).at[..., target].add(values, mode="drop")
 
+        # adding a zero read off ``target`` gives both branches the same type under shard_map
+        # (device-varying when ``target`` or the arrays are), whatever XLA folds away
+        zero = jnp.zeros((), jnp.int32) * target[0]
+
         def moved(arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
-            return tuple(move(values) for values in arrays)
+            return tuple(move(values) + zero.astype(values.dtype) for values in arrays)
+
+        def unmoved(arrays: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+            return tuple(values + zero.astype(values.dtype) for values in arrays)
 
         # Most updates keep the grid: skip the scatter over every channel's bins then.
         empty = self.core_min > self.core_max
         kept_grid = empty | ((exponent == self.exponent) & (offset == self.offset))
         lo_words, hi_words, weights = jax.lax.cond(
-            kept_grid, lambda arrays: arrays, moved, (self.counts.lo, self.counts.hi, self.weights)
+            kept_grid, unmoved, moved, (self.counts.lo, self.counts.hi, self.weights)
         )
         return self.replace(
             counts=WideCount(lo=lo_words, hi=hi_words),

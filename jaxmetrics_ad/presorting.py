@@ -19,8 +19,9 @@ State and modes are those of :class:`~jaxmetrics_ad.classification.ScoreCurveMet
 * ``thresholds=None`` (default) — **exact**: every score is kept and the quantile is taken on the host
   in float32 with torch's arithmetic (rank ``q · (n - 1)``, then ``torch.lerp``); ``capacity=`` makes
   it jit/scan friendly.
-* ``thresholds=int`` or an array — **binned**: the same :class:`~jaxmetrics_ad.histogram.ScoreHistogram`
-  as AUROC. Within a bin the samples are taken as spread evenly over the part of the bin inside
+* ``thresholds=int`` or an array — **binned**: a :class:`~jaxmetrics_ad.histogram.ScoreHistogram`
+  like AUROC's, but without its exact tails (so a far outlier widens the bins here; the certified
+  bound then grows and eager compute warns), hence its own state in an Evaluator. Within a bin the samples are taken as spread evenly over the part of the bin inside
   ``[score_min, score_max]``: the quantile is interpolated from them, and so is the share of the
   counted class on either side of it.
 
@@ -42,7 +43,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +56,7 @@ from jaxmetrics_ad.classification import (
     _checked_capacity,
     _checked_thresholds,
 )
+from jaxmetrics_ad.histogram import ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import is_traced
 
@@ -123,10 +125,17 @@ class _QuantileRate(ScoreCurveMetric):
             **{self.rate_argument: rate},
         )
 
+    def _empty_state(self) -> Any:
+        # Plain bins, no exact tails: the reader below interpolates inside bins (so this metric
+        # keeps its own state rather than AUROC's, whose auto-ranging bins carry tails).
+        if isinstance(self.thresholds, int):
+            return ScoreHistogram.auto(self.thresholds, num_channels=2)
+        return super()._empty_state()
+
     @property
     def reader_config(self) -> tuple[str, ...]:
-        """Configuration that only changes how the state is read: an Evaluator lets this metric
-        share one state with AUROC, AUPR, ... on the same fields and bins."""
+        """Configuration that only changes how the state is read: an Evaluator lets PGn and PBn
+        metrics on the same fields and bins share one state."""
         return (self.rate_argument,)
 
     @property

@@ -12,9 +12,11 @@ validation images alone. Two steps:
    pooled over the whole split (as MVTec AD 2 reports it); :class:`SegF1PerImage` is the mean of
    the per-image F1 instead.
 
-Pixels are positive where ``map > threshold`` (strictly), as :class:`~jaxmetrics_ad.F1Score` and
-:class:`~jaxmetrics_ad.PRO` binarise; with continuous scores ``>`` and ``>=`` differ only on pixels
-that equal the threshold exactly. For ``>=``, pass ``np.nextafter(np.float32(t), -np.inf)``.
+Pixels are positive where ``map > threshold`` (strictly): the one exception to the ``>=`` rule of
+every other metric here (:class:`~jaxmetrics_ad.F1Score`, :class:`~jaxmetrics_ad.PRO`, the curves),
+kept so that a validation quantile keeps its promise that at most ``1 − q`` of the normal pixels
+are predicted positive. With continuous scores ``>`` and ``>=`` differ only on pixels that equal
+the threshold exactly. For ``>=``, pass ``np.nextafter(np.float32(t), -np.inf)``.
 
 The oracle :class:`~jaxmetrics_ad.F1Max` (the best F1 over every threshold, chosen on the test
 data itself) is an upper bound worth reporting next to it; it counts ``map >= threshold``:

@@ -16,6 +16,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 import jaxmetrics_ad as jm
 from jaxmetrics_ad.base import _INT32_MAX, _saturating_add
+from jaxmetrics_ad.histogram import METRIC_TAIL_SIZE
 
 PILLOW_BOOL = np.array([0, 255, 255, 0, 255, 0], np.uint8).view(bool)  # True stored as 0xFF
 SCORES = np.array([0.1, 0.8, 0.4, 0.35, 0.9, 0.2], np.float32)
@@ -186,8 +187,18 @@ def one_hot_pixel_case() -> tuple[np.ndarray, np.ndarray]:
     return scores.astype(np.float32), labels
 
 
-def test_one_far_outlier_makes_the_binned_auroc_warn_with_its_bound():
+def test_one_far_outlier_is_kept_exactly_and_leaves_the_binned_auroc_tight():
     scores, labels = one_hot_pixel_case()
+    metric = jm.AUROC(thresholds=1024).update(scores, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = float(metric.compute())
+    assert abs(value - roc_auc_score(labels, scores)) <= float(metric.error_bound()) < 1e-3
+
+
+def test_more_far_outliers_than_the_tails_hold_make_the_binned_auroc_warn_with_its_bound():
+    scores, labels = one_hot_pixel_case()
+    scores[: METRIC_TAIL_SIZE + 1] = 1e9  # tied: they cannot enter a tail, they widen the bins
     metric = jm.AUROC(thresholds=1024).update(scores, labels)
     with pytest.warns(UserWarning, match=r"AUROC: the binned value may be off by up to"):
         value = float(metric.compute())

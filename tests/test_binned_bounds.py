@@ -71,7 +71,7 @@ def make_case(kind: str, seed: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         scores = rng.normal(1.5 * labels, 1.0)
     elif kind == "tied":  # heavily tied integer scores
         scores = np.round(rng.normal(1.0 * labels, 1.0) * 3)
-    elif kind == "outlier":  # one far outlier widens every auto-ranging bin
+    elif kind == "outlier":  # one far outlier: kept exactly in a tail, the bins stay fine
         scores = rng.normal(1.5 * labels, 1.0)
         scores[rng.integers(size)] = 1e6
     elif kind == "few_positives":
@@ -209,11 +209,25 @@ def test_bounds_are_tight_on_smooth_data_with_default_bins():
 
 
 def test_a_loose_bound_warns_for_aupr_and_f1max():
-    scores, labels = make_case("outlier", 0, 5_000)
+    scores, labels = make_case("tied", 0, 5_000)
     for metric_type in (jm.AUPR, jm.F1Max):
         metric = metric_type(thresholds=1024).update(scores, labels)
         with pytest.warns(UserWarning, match="binned value may be off"):
             metric.compute()
+
+
+@pytest.mark.parametrize("metric_type", [jm.AUROC, jm.AUPR, jm.F1Max])
+def test_far_outliers_leave_the_binned_value_tight(metric_type):
+    scores, labels = make_case("outlier", 0, 5_000)
+    scores[:20] = np.float32(-3e7)  # and some far below
+    binned = metric_type(thresholds=1024).update(scores, labels)
+    untailed = metric_type(thresholds=1024)
+    untailed = untailed._replace(state=jm.ScoreHistogram.auto(1024, 2)).update(scores, labels)
+    exact = float(metric_type()(scores, labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the bound is tight: no loose-bound warning
+        assert abs(float(binned.compute()) - exact) <= float(binned.error_bound()) < 2e-3
+    assert float(untailed.error_bound()) > 0.05  # without tails every bin is ~1e4 wide
 
 
 def test_all_in_one_bin_reaches_the_bound():
@@ -278,7 +292,10 @@ def test_auroc_bound_from_threshold_counts_equals_the_per_bin_formula():
     for kind in KINDS:
         scores, labels = make_case(kind, 3, 20_000)
         for bins in (64, 16384, np.linspace(-2, 4, 50)):
-            metric = jm.AUROC(thresholds=bins).update(scores, labels)
+            metric = jm.AUROC(thresholds=bins)
+            if isinstance(bins, int):  # bins alone, without the exact tails: one block per bin
+                metric = metric._replace(state=jm.ScoreHistogram.auto(bins, 2))
+            metric = metric.update(scores, labels)
             negatives, positives = metric.state.counts.as_float64()
             expected = 0.5 * np.sum(positives * negatives) / (positives.sum() * negatives.sum())
             assert float(metric.error_bound()) == np.float32(expected)

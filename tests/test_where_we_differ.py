@@ -70,7 +70,20 @@ def test_values_jax_would_change_are_refused():
 
 
 def test_a_loose_binned_value_warns_with_its_bound():
-    scores = np.concatenate([np.linspace(0, 1, 2000), [1e9]]).astype(np.float32)
-    labels = np.arange(2001) % 2
+    scores = np.round(np.linspace(0, 1, 2000) * 3).astype(np.float32)  # 4 tied levels
+    labels = np.arange(2000) % 2
     with pytest.warns(UserWarning, match="certified bound"):
         jm.AUROC(thresholds=128).update(scores, labels).compute()
+
+
+def test_a_sample_is_positive_at_or_above_the_threshold_everywhere():
+    scores, labels = [0.1, 0.5, 0.9, 0.1], [0, 1, 1, 1]
+    threshold = float(jm.F1AdaptiveThreshold()(scores, labels))
+    assert threshold == np.float32(0.1)
+    # anomalib's F1Score (score > t) gives 0.8 here; with >= it reproduces F1Max
+    assert float(jm.F1Score(threshold=threshold)(scores, labels)) == pytest.approx(
+        float(jm.F1Max()(scores, labels))
+    )
+    maps = np.array([[[0.5, 0.2], [0.5, 0.0]]], np.float32)
+    masks = np.array([[[1, 0], [1, 0]]])
+    assert float(jm.PRO(threshold=0.5)(maps, masks)) == 1.0  # anomalib's PRO (>): 0.0
