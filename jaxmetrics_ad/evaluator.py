@@ -527,9 +527,9 @@ def pad_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, jax.Array], j
         if size == count:
             padded[field] = array
         else:  # on the host: an eager jnp.pad would compile once per field and shape
-            host = np.asarray(clean_bool(array) if isinstance(array, jax.Array) else array)
+            host = np.asarray(array)  # bools re-made from their bytes below, no eager jax op
             host = host.view(np.uint8) != 0 if host.dtype == bool else host
-            padded[field] = jnp.asarray(np.pad(host, widths))  # as the unpadded batches are
+            padded[field] = jax.device_put(np.pad(host, widths))  # as the unpadded batches are
     valid = np.arange(size) < (count if count is not None else size)
     return padded, jnp.asarray(valid)
 

@@ -69,6 +69,19 @@ def test_second_ragged_size_compiles_nothing_once_warm():
     assert compiles() == 0
 
 
+def test_a_ragged_last_batch_the_evaluator_pads_itself_compiles_nothing_once_warm():
+    def run(sizes, seed):
+        evaluator = _evaluator()
+        for index, count in enumerate(sizes):
+            evaluator = evaluator.update(_images(count, seed + index))
+        return {name: float(value) for name, value in evaluator.compute().items()}
+
+    run((8, 8, 5), seed=0)
+    with counting_compiles() as compiles:
+        run((8, 8, 3), seed=10)
+    assert compiles() == 0
+
+
 def test_metric_update_with_new_valid_counts_compiles_nothing_once_warm():
     metric = jm.AUROC(thresholds=64, fields=("anomaly_map", "gt_mask"))
     padded, valid = jm.pad_batch(_images(5, seed=1), 8)
