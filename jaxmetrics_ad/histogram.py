@@ -168,7 +168,7 @@ class ScoreHistogram(struct.PyTreeNode):
             weights = jnp.reshape(weights, (self.weights.shape[0], scores.shape[0]))
             weights = weights.astype(jnp.float32)
         if self.tail_size == 0:
-            binned = self._add_binned(scores, channels, kept, weights)
+            binned = self._add_binned((scores, channels, kept, weights))
             return binned.replace(score_min=binned.core_min, score_max=binned.core_max)
         batch = _TailPool(scores, channels, weights, kept)
         size = self.tail_size
@@ -186,30 +186,29 @@ class ScoreHistogram(struct.PyTreeNode):
         return self._with_new_tails(self, candidates, self.tail_cuts, batch)
 
     def _add_binned(
-        self, scores: jax.Array, channels: jax.Array, kept: jax.Array, weights: jax.Array
+        self, *sets: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
     ) -> ScoreHistogram:
-        """Bins the ``kept`` samples (scores finite, channels valid) and widens the grid to them."""
-        batch_min = jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf)
-        batch_max = jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf)
-        grown = self._cover(
-            jnp.minimum(self.core_min, batch_min), jnp.maximum(self.core_max, batch_max)
-        )
-        bins = grown._bin_index(scores)
+        """Bins the kept samples of each ``(scores, channels, kept, weights)`` set (scores finite,
+        channels valid where kept), after one widening of the grid to all of them."""
+        low, high = self.core_min, self.core_max
+        for scores, _, kept, _ in sets:
+            low = jnp.minimum(low, jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf))
+            high = jnp.maximum(high, jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf))
+        grown = self._cover(low, high)
         num_bins = self.num_bins
-        flat = jnp.where(kept, channels * num_bins + bins, self.num_channels * num_bins)
-        batch_counts = (
-            jnp.zeros(self.num_channels * num_bins, jnp.uint32).at[flat].add(1, mode="drop")
-        )
+        batch_counts = jnp.zeros(self.num_channels * num_bins, jnp.uint32)
+        summed = jnp.zeros(self.weights.size, jnp.float32)
+        for scores, channels, kept, weights in sets:
+            bins = grown._bin_index(scores)
+            flat = jnp.where(kept, channels * num_bins + bins, self.num_channels * num_bins)
+            batch_counts = batch_counts.at[flat].add(1, mode="drop")
+            if weights.shape[0]:
+                rows = jnp.arange(weights.shape[0], dtype=jnp.int32)[:, None] * num_bins
+                index = jnp.where(kept[None, :], rows + bins[None, :], self.weights.size)
+                summed = summed.at[index.ravel()].add(weights.ravel(), mode="drop")
         counts = grown.counts.add(batch_counts.reshape(self.num_channels, num_bins))
         new_weights = grown.weights
-        if weights.shape[0]:
-            rows = jnp.arange(weights.shape[0], dtype=jnp.int32)[:, None] * num_bins
-            index = jnp.where(kept[None, :], rows + bins[None, :], self.weights.size)
-            summed = (
-                jnp.zeros(self.weights.size, jnp.float32)
-                .at[index.ravel()]
-                .add(weights.ravel(), mode="drop")
-            )
+        if self.weights.shape[0]:
             new_weights = new_weights + summed.reshape(self.weights.shape)
         return grown.replace(counts=counts, weights=new_weights)
 
@@ -242,14 +241,13 @@ class ScoreHistogram(struct.PyTreeNode):
         low_cut = jnp.minimum(cuts[1], lowest)
         in_high = pool.kept & (pool.scores > high_cut)
         in_low = pool.kept & (pool.scores < low_cut) & ~in_high
-        if batch is not None:
-            between = ~(batch.scores > high_cut) & ~(batch.scores < low_cut)
-            binned = binned._add_binned(
-                batch.scores, batch.channels, batch.kept & between, batch.weights
-            )
         old_tails = jnp.arange(pool.scores.shape[0]) < 2 * size
         let_go = pool.kept & ~in_high & ~in_low & (old_tails if batch is not None else True)
-        binned = binned._add_binned(pool.scores, pool.channels, let_go, pool.weights)
+        sets = [(pool.scores, pool.channels, let_go, pool.weights)]
+        if batch is not None:
+            between = ~(batch.scores > high_cut) & ~(batch.scores < low_cut)
+            sets.append((batch.scores, batch.channels, batch.kept & between, batch.weights))
+        binned = binned._add_binned(*sets)
         high = pool.take(high_index, in_high)
         low = pool.take(low_index, in_low)
         real = jnp.concatenate([high.channels >= 0, low.channels >= 0])
@@ -436,9 +434,11 @@ class ScoreHistogram(struct.PyTreeNode):
         # Most updates keep the grid: skip the scatter over every channel's bins then.
         empty = self.core_min > self.core_max
         kept_grid = empty | ((exponent == self.exponent) & (offset == self.offset))
-        lo_words, hi_words, weights = jax.lax.cond(
-            kept_grid, unmoved, moved, (self.counts.lo, self.counts.hi, self.weights)
-        )
+        arrays = (self.counts.lo, self.counts.hi, self.weights)
+        if any(isinstance(leaf, jax.core.Tracer) for leaf in (kept_grid, *arrays)):
+            lo_words, hi_words, weights = jax.lax.cond(kept_grid, unmoved, moved, arrays)
+        else:  # eagerly: decide here, no program with a conditional to compile
+            lo_words, hi_words, weights = arrays if bool(kept_grid) else moved(arrays)
         return self.replace(
             counts=WideCount(lo=lo_words, hi=hi_words),
             weights=weights,
