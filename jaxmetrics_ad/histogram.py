@@ -303,12 +303,12 @@ class ScoreHistogram(struct.PyTreeNode):
         if self.tail_size == 0:
             return reduced.replace(score_min=lo, score_max=hi)
         pool = self._tail_pool()
-        all_weights = jnp.moveaxis(jax.lax.all_gather(pool.weights, axis_name), 0, 1)
+        all_weights = jnp.moveaxis(_gather_replicated(pool.weights, axis_name), 0, 1)
         gathered = _TailPool(
-            jax.lax.all_gather(pool.scores, axis_name).ravel(),
-            jax.lax.all_gather(pool.channels, axis_name).ravel(),
+            _gather_replicated(pool.scores, axis_name).ravel(),
+            _gather_replicated(pool.channels, axis_name).ravel(),
             all_weights.reshape(all_weights.shape[0], -1 if all_weights.shape[0] else 0),
-            jax.lax.all_gather(pool.kept, axis_name).ravel(),
+            _gather_replicated(pool.kept.astype(jnp.int32), axis_name).ravel() > 0,
         )
         cuts = jnp.stack(
             [
@@ -551,6 +551,17 @@ def _set_columns(values, start: int, columns, xp):
         values[:, start : start + columns.shape[1]] = columns
         return values
     return values.at[:, start : start + columns.shape[1]].set(columns)
+
+
+def _gather_replicated(values: jax.Array, axis_name: str) -> jax.Array:
+    """Every device's ``values`` stacked in device order, typed as equal on every device.
+
+    A ``psum`` of each device's values placed in its own row (the other rows add exact zeros), so
+    ``shard_map`` sees the result as replicated (``all_gather``'s is not) and states reduced with
+    it can leave with ``out_specs=P()``.
+    """
+    rows = jnp.zeros((jax.lax.axis_size(axis_name), *values.shape), values.dtype)
+    return jax.lax.psum(rows.at[jax.lax.axis_index(axis_name)].set(values), axis_name)
 
 
 def _occupied_exponent(histogram: ScoreHistogram) -> jax.Array:
