@@ -418,10 +418,11 @@ class AUPR(ScoreCurveMetric):
         Example:
             >>> import jaxmetrics_ad as jm
             >>> scores, labels = [0.1, 0.4, 0.35, 0.8, 0.31], [0, 0, 1, 1, 0]
-            >>> binned = jm.AUPR(thresholds=4).update(scores, labels)
+            >>> binned = jm.AUPR(thresholds=[0.0, 0.3, 0.6]).update(scores, labels)
             >>> exact = float(jm.AUPR()(scores, labels))
             >>> import warnings
             >>> with warnings.catch_warnings(record=True) as caught:  # 4 bins: a loose bound warns
+            ...     # (few samples in auto-ranging bins would sit in the exact tails: bound 0)
             ...     warnings.simplefilter("always")
             ...     value = float(binned.compute())
             >>> bound = float(binned.error_bound())
@@ -488,7 +489,7 @@ class F1Max(ScoreCurveMetric):
         Example:
             >>> import jaxmetrics_ad as jm
             >>> scores, labels = [0.1, 0.5, 0.9, 0.12, 0.3, 0.32], [0, 1, 1, 1, 0, 1]
-            >>> binned = jm.F1Max(thresholds=4).update(scores, labels)
+            >>> binned = jm.F1Max(thresholds=[0.0, 0.25, 0.5, 0.75]).update(scores, labels)
             >>> exact = float(jm.F1Max()(scores, labels))
             >>> import warnings
             >>> with warnings.catch_warnings():  # 4 bins: the loose bound warns
@@ -525,7 +526,7 @@ class F1Max(ScoreCurveMetric):
         Example:
             >>> import jaxmetrics_ad as jm
             >>> scores, labels = [0.1, 0.5, 0.9, 0.12, 0.3, 0.32], [0, 1, 1, 1, 0, 1]
-            >>> binned = jm.F1Max(thresholds=4).update(scores, labels)
+            >>> binned = jm.F1Max(thresholds=[0.0, 0.25, 0.5, 0.75]).update(scores, labels)
             >>> exact = float(jm.F1Max().update(scores, labels).threshold())
             >>> threshold, bound = float(binned.threshold()), float(binned.threshold_bound())
             >>> threshold, round(exact, 4), bound, abs(threshold - exact) <= bound
@@ -577,10 +578,10 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
         Example:
             >>> import jaxmetrics_ad as jm
             >>> scores, labels = [2.3, 1.6, 2.6, 7.9, 3.3], [0, 0, 0, 1, 1]
-            >>> binned = jm.F1AdaptiveThreshold(thresholds=16).update(scores, labels)
+            >>> binned = jm.F1AdaptiveThreshold(thresholds=[1.0, 3.0, 5.0, 7.0]).update(scores, labels)
             >>> value, bound = float(binned.compute()), float(binned.threshold_bound())
             >>> value, bound, abs(value - 3.3) <= bound
-            (3.0, 0.5, True)
+            (3.0, 2.0, True)
         """
         if self.is_exact:
             return jnp.zeros((), jnp.float32)

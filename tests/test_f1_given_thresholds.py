@@ -72,14 +72,14 @@ def test_given_thresholds_work_inside_jit():
     assert float(step(jm.F1AdaptiveThreshold(thresholds=thresholds), scores, labels)) == expected
 
 
-def test_presorting_rates_share_the_curve_state_in_an_evaluator():
+def test_presorting_rates_share_one_state_in_an_evaluator_apart_from_aurocs_tailed_one():
     metrics = (
         jm.AUROC(1024),
         jm.PGn(thresholds=1024),
         jm.PBn(fpr=0.1, thresholds=1024, prefix="image_"),
         jm.PGn(fnr=0.2, thresholds=1024, prefix="strict_"),
     )
-    assert _share_plan(metrics) == (0, 0, 0, 0)
+    assert _share_plan(metrics) == (0, 1, 1, 1)  # AUROC's bins carry exact tails, PGn's do not
     rng = np.random.default_rng(3)
     batch = {"pred_score": rng.random(64), "gt_label": np.arange(64) % 2}
     results = jm.Evaluator(list(metrics)).update(batch).compute()

@@ -133,7 +133,7 @@ KINDS = ("smooth", "gamma", "tied", "tiny", "outlier")
 CASES = [
     (kind, seed, bounds, bins)
     for kind in KINDS
-    for seed in (0, 1, 2)
+    for seed in (0, 1)
     for bounds in (DEFAULT, WIDE)
     for bins in (64, 1024, 16384)
     if bounds == WIDE or kind == "smooth"  # the other maps are too small for FPR 1e-5
