@@ -38,6 +38,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.counts import WideCount
+from jaxmetrics_ad.validation import is_traced
 
 METRIC_TAIL_SIZE = 1024
 """Exact scores kept at each end by the auto-ranging histograms of the binned curve metrics."""
@@ -235,10 +236,10 @@ class ScoreHistogram(struct.PyTreeNode):
         that stay between the new cuts are binned straight from it.
         """
         size = binned.tail_size
-        highest, high_index = _order_statistic(pool.scores, pool.kept, size, highest=True)
-        lowest, low_index = _order_statistic(pool.scores, pool.kept, size, highest=False)
-        high_cut = jnp.maximum(cuts[0], highest)
-        low_cut = jnp.minimum(cuts[1], lowest)
+        kth_highest, high_index = _order_statistic(pool.scores, pool.kept, size, highest=True)
+        kth_lowest, low_index = _order_statistic(pool.scores, pool.kept, size, highest=False)
+        high_cut = jnp.maximum(cuts[0], kth_highest)
+        low_cut = jnp.minimum(cuts[1], kth_lowest)
         in_high = pool.kept & (pool.scores > high_cut)
         in_low = pool.kept & (pool.scores < low_cut) & ~in_high
         old_tails = jnp.arange(pool.scores.shape[0]) < 2 * size
@@ -384,8 +385,7 @@ class ScoreHistogram(struct.PyTreeNode):
             >>> h.add(jnp.array([0.1, 0.4, 0.35, 9.0]), jnp.array([0, 0, 1, 1])).total_counts().tolist()
             [2.0, 2.0]
         """
-        leaves = jax.tree_util.tree_leaves(self)
-        xp = jnp if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves) else np
+        xp = jnp if is_traced(*jax.tree_util.tree_leaves(self)) else np
         counts = self.counts.as_float() if xp is jnp else self.counts.as_float64()
         tails = xp.asarray(self.tail_channels).ravel()
         channels = xp.arange(self.num_channels)[:, None]
@@ -435,7 +435,7 @@ class ScoreHistogram(struct.PyTreeNode):
         empty = self.core_min > self.core_max
         kept_grid = empty | ((exponent == self.exponent) & (offset == self.offset))
         arrays = (self.counts.lo, self.counts.hi, self.weights)
-        if any(isinstance(leaf, jax.core.Tracer) for leaf in (kept_grid, *arrays)):
+        if is_traced(kept_grid, *arrays):
             lo_words, hi_words, weights = jax.lax.cond(kept_grid, unmoved, moved, arrays)
         else:  # eagerly: decide here, no program with a conditional to compile
             lo_words, hi_words, weights = arrays if bool(kept_grid) else moved(arrays)
@@ -535,22 +535,20 @@ def _cumulative_with_tails(histogram, lower_edges, bin_counts, bin_weights, xp):
         ),
         axis=-1,
     )
+
     # tied tail scores: every member reads the count at the last one (descending order)
-    size = scores.shape[-1]
-    for start in (0, size + bin_counts.shape[1]):
-        part = thresholds[start : start + size]
-        last = xp.searchsorted(-part, -part, side="right") - 1 + start
-        counts = _set_columns(counts, start, counts[:, last], xp)
-        weights = _set_columns(weights, start, weights[:, last], xp)
-    return thresholds, counts, weights
+    def last_of_ties(part, start: int):
+        return xp.searchsorted(-part, -part, side="right") - 1 + start
 
-
-def _set_columns(values, start: int, columns, xp):
-    if xp is np:
-        values = values.copy()
-        values[:, start : start + columns.shape[1]] = columns
-        return values
-    return values.at[:, start : start + columns.shape[1]].set(columns)
+    size, num_bins = scores.shape[-1], bin_counts.shape[1]
+    columns = xp.concatenate(
+        [
+            last_of_ties(high_thresholds, 0),
+            xp.arange(size, size + num_bins),
+            last_of_ties(low_thresholds, size + num_bins),
+        ]
+    )
+    return thresholds, counts[:, columns], weights[:, columns]
 
 
 def _gather_replicated(values: jax.Array, axis_name: str) -> jax.Array:
