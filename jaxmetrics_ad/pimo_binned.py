@@ -131,7 +131,7 @@ class BinnedCurves(struct.PyTreeNode):
         normal = self.normal.add(scores, jnp.where(normal_pixel, 0, -1))
         new_scores = jnp.where(normal_pixel, scores, -jnp.inf).ravel()
         tail_scores, tail_cutoff = _keep_tail(
-            jnp.concatenate([self.tail_scores, new_scores]),
+            (self.tail_scores, new_scores),
             self.tail_cutoff,
             normal,
             self.tail_size,
@@ -165,7 +165,7 @@ class BinnedCurves(struct.PyTreeNode):
         """The state of both image sets, this state's images first (exact: histograms add)."""
         normal = self.normal.merge(other.normal)
         tail_scores, tail_cutoff = _keep_tail(
-            jnp.concatenate([self.tail_scores, other.tail_scores]),
+            (self.tail_scores, other.tail_scores),
             jnp.maximum(self.tail_cutoff, other.tail_cutoff),
             normal,
             self.tail_size,
@@ -188,7 +188,7 @@ class BinnedCurves(struct.PyTreeNode):
         before = jnp.sum(jnp.where(jnp.arange(counts.shape[0]) < device, counts, 0))
         normal = self.normal.all_reduce(axis_name)
         tail_scores, tail_cutoff = _keep_tail(
-            jax.lax.all_gather(self.tail_scores, axis_name).ravel(),
+            (jax.lax.all_gather(self.tail_scores, axis_name).ravel(),),
             jax.lax.pmax(self.tail_cutoff, axis_name),
             normal,
             self.tail_size,
@@ -231,19 +231,28 @@ class BinnedCurves(struct.PyTreeNode):
 
 
 def _keep_tail(
-    candidates: jax.Array, cutoff: jax.Array, normal: ScoreHistogram, tail_size: int
+    candidates: tuple[jax.Array, ...], cutoff: jax.Array, normal: ScoreHistogram, tail_size: int
 ) -> tuple[jax.Array, jax.Array]:
     """The candidates at or above the raised cutoff, packed into ``tail_size`` slots, and the cutoff.
 
-    The candidates hold every normal score at or above ``cutoff`` (and -inf fillers). The new cutoff
-    is the lowest edge of ``normal`` (which counts every normal pixel) with at most ``tail_size``
-    pixels at or above it, so they always fit; it never falls, so nothing needed was let go before.
-    A cumulative sum packs them: O(candidates), unlike a top-k, which is slow on smooth maps.
+    The candidate arrays hold every normal score at or above ``cutoff`` (and -inf fillers). The new
+    cutoff is the lowest edge of ``normal`` (which counts every normal pixel) with at most
+    ``tail_size`` pixels at or above it, so they always fit; it never falls, so nothing needed was
+    let go before. A running count packs each array in turn: O(candidates), unlike a top-k, which
+    is slow on smooth maps; the arrays are not concatenated (a copy of every batch score, which
+    measured as slow as the packing itself).
     """
     cutoff = jnp.maximum(cutoff, lowest_fitting_edge(normal, tail_size, jnp))
-    kept = jnp.isfinite(candidates) & (candidates >= cutoff)
-    slots = jnp.where(kept, running_count(kept) - 1, tail_size)
-    tail = jnp.full((tail_size,), -jnp.inf, jnp.float32).at[slots].set(candidates, mode="drop")
+    tail = jnp.full((tail_size,), -jnp.inf, jnp.float32)
+    filled = jnp.zeros((), jnp.int32)
+    for scores in candidates:
+        if scores.size == 0:
+            continue
+        kept = jnp.isfinite(scores) & (scores >= cutoff)
+        ranks = running_count(kept)
+        slots = jnp.where(kept, filled + ranks - 1, tail_size)
+        tail = tail.at[slots].set(scores, mode="drop")
+        filled = filled + ranks[-1]
     return tail, cutoff
 
 
