@@ -142,6 +142,11 @@ def available_fields(batch: Any) -> list[str]:
     return sorted(n for n in names if not n.startswith("_") and getattr(batch, n, None) is not None)
 
 
+_STATE_HOOKS = ("update", "update_from", "_update_unchecked", "_empty_state", "_check_inputs",
+                "_update_state")  # fmt: skip
+# Methods that build or update a state: a class defining one starts a state family (Metric.state_family).
+
+
 class Metric:
     """Base class of every metric: configuration is static, state arrays are pytree leaves.
 
@@ -168,6 +173,11 @@ class Metric:
     reader_config: ClassVar[tuple[str, ...]] = ()
     """Configuration entries that only change how the state is read (e.g. PGn's ``fnr``): an
     Evaluator shares one state between metrics that differ only there (and in ``prefix``)."""
+    state_family: ClassVar[str] = "jaxmetrics_ad.base.Metric"
+    """The kind of state this class keeps: metrics of one family whose configurations agree (apart
+    from ``prefix`` and :attr:`reader_config`) keep equal states, and an Evaluator keeps one for
+    them. A subclass that defines its own state hooks (``_empty_state``, ``_update_state``, ...)
+    starts its own family, named after it, unless it declares ``state_family`` itself."""
 
     def __init__(
         self,
@@ -193,6 +203,10 @@ class Metric:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "state_family" not in cls.__dict__ and any(
+            hook in cls.__dict__ for hook in _STATE_HOOKS
+        ):
+            cls.state_family = f"{cls.__module__}.{cls.__qualname__}"
         jax.tree_util.register_pytree_with_keys(
             cls, cls._flatten_with_keys, cls._unflatten, flatten_func=cls._flatten
         )
@@ -267,6 +281,30 @@ class Metric:
     def name(self) -> str:
         """``prefix + class name``, the key of this metric in an Evaluator's results."""
         return self.prefix + type(self).__name__
+
+    def state_key(self) -> tuple:
+        """What decides this metric's state (hashable): equal keys, equal states for equal data.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> jm.AUROC(64, prefix="image_").state_key() == jm.F1Max(64).state_key()
+            True
+        """
+        read_only = ("prefix", *self.reader_config)
+        return self.state_family, tuple((k, v) for k, v in self._config if k not in read_only)
+
+    def state_views(self) -> dict[tuple, Callable[[Any], Any]]:
+        """The states of other metrics that this metric's state holds too, as ``{state_key: view}``
+        where ``view(self.state)`` is that state: an Evaluator then updates only this one (e.g. a
+        binned AUPRO's histogram holds pixel AUROC's, plus a weight row). None by default.
+
+        Example:
+            >>> import jaxmetrics_ad as jm
+            >>> auroc, aupro = jm.AUROC(64, fields=("anomaly_map", "gt_mask")), jm.AUPRO(thresholds=64)
+            >>> auroc.state_key() in aupro.state_views(), jm.AUROC(64).state_views()
+            (True, {})
+        """
+        return {}
 
     @property
     def config(self) -> dict[str, Any]:

@@ -7,9 +7,11 @@ value: ``update`` returns a new evaluator, so it can be the carry of a jitted ev
 ``lax.scan``, of a Flax ``TrainState``-style struct, and it reduces across devices with
 :meth:`Evaluator.all_reduce` inside ``pmap``/``shard_map``.
 
-Metrics of one stage that would keep the same state — same fields, same bins, same update rule, e.g.
-pixel AUROC, AUPR, F1Max and F1AdaptiveThreshold at the same ``thresholds`` — share it: the state is
-computed once per batch (and, in exact mode, the samples are kept once) and handed to the others.
+Metrics of one stage that would keep the same state — equal :meth:`~jaxmetrics_ad.Metric.state_key`,
+e.g. pixel AUROC, AUPR, F1Max and F1AdaptiveThreshold at the same ``thresholds`` — share it: the state
+is computed once per batch (and, in exact mode, the samples are kept once) and handed to the others.
+A metric whose state holds another's too (:meth:`~jaxmetrics_ad.Metric.state_views`: a binned AUPRO's
+histogram is those curves' histogram plus a weight row) serves them: one bucketize per pixel.
 """
 
 from __future__ import annotations
@@ -30,38 +32,46 @@ from jaxmetrics_ad.validation import as_array, checks_once, clean_bool, is_trace
 STAGES = ("val", "test")
 """Stage names, in the order of the constructor's arguments (anomalib's)."""
 
-# Methods that decide how a metric's state is built and updated: two metrics may share a state only
-# when all of them are the same functions (and their configurations agree apart from the prefix).
-_STATE_METHODS = ("update", "update_from", "_update_unchecked", "_empty_state", "_check_inputs",
-                  "_update_state")  # fmt: skip
+
+def _state_of(leader: Metric, key: tuple) -> Any:
+    """The state of a metric with state key ``key``, read off ``leader``'s (its own or a view)."""
+    if leader.state_key() == key:
+        return leader.state
+    return leader.state_views()[key](leader.state)
 
 
-def _sharing_key(metric: Metric) -> tuple:
-    methods = tuple(getattr(type(metric), name) for name in _STATE_METHODS)
-    read_only = ("prefix", *metric.reader_config)
-    return methods, tuple((k, v) for k, v in metric._config if k not in read_only)
-
-
-def _same_leaves(first: Metric, second: Metric) -> bool:
-    leaves_a, tree_a = jax.tree_util.tree_flatten(first.state)
-    leaves_b, tree_b = jax.tree_util.tree_flatten(second.state)
-    if tree_a != tree_b or is_traced(*leaves_a, *leaves_b):
+def _same_leaves(state: Any, num_updates: Any, metric: Metric) -> bool:
+    """Whether ``metric`` holds ``state`` after ``num_updates`` updates (False inside jit)."""
+    leaves_a, tree_a = jax.tree_util.tree_flatten(state)
+    leaves_b, tree_b = jax.tree_util.tree_flatten(metric.state)
+    if tree_a != tree_b or is_traced(*leaves_a, *leaves_b, num_updates, metric.num_updates):
         return False
     return all(
         a.shape == b.shape and a.dtype == b.dtype and bool(np.array_equal(a, b, equal_nan=True))
         for a, b in zip(leaves_a, leaves_b)
-    ) and int(first.num_updates) == int(second.num_updates)
+    ) and int(num_updates) == int(metric.num_updates)
 
 
 def _share_plan(metrics: tuple[Metric, ...]) -> tuple[int, ...]:
-    """For each metric, the index of the first metric of the stage whose state it can reuse."""
-    leaders: dict[tuple, int] = {}
+    """For each metric, the index of the metric of the stage whose state it reads.
+
+    A metric reads the first metric's state whose :meth:`~jaxmetrics_ad.Metric.state_views` hold
+    its state key (a richer state), else the first one with its own key; and keeps its own when it
+    already holds other data than it would read there.
+    """
+    keys = [metric.state_key() for metric in metrics]
+    views = [metric.state_views() for metric in metrics]
     plan = []
     for index, metric in enumerate(metrics):
-        key = _sharing_key(metric)
-        leader = leaders.setdefault(key, index)
-        if leader != index and not _same_leaves(metrics[leader], metric):
-            leader = index  # already holds other data: keep its own state
+        richer = [
+            j for j, held in enumerate(views) if keys[index] in held and keys[j] != keys[index]
+        ]
+        wanted = keys[richer[0]] if richer else keys[index]
+        leader = keys.index(wanted)
+        if leader != index:
+            shared = _state_of(metrics[leader], keys[index])
+            if not _same_leaves(shared, metrics[leader].num_updates, metric):
+                leader = index  # already holds other data: keep its own state
         plan.append(leader)
     return tuple(plan)
 
@@ -235,7 +245,11 @@ class Evaluator:
         if sharing is None:
             for stage, metrics, plan in zip(STAGES, restored._stages, self._plan):
                 for metric, leader in zip(metrics, plan):
-                    if metrics[leader] is not metric and not _same_leaves(metrics[leader], metric):
+                    source = metrics[leader]
+                    shared = _state_of(source, metric.state_key())
+                    if source is not metric and not _same_leaves(
+                        shared, source.num_updates, metric
+                    ):
                         raise ValueError(
                             f"cannot restore this evaluator: in {stage}, {metric.name} shares "
                             f"the state of {metrics[leader].name} here, but the saved states "
@@ -285,7 +299,7 @@ class Evaluator:
         if valid is None and self._can_pad(index, batch):
             return self._padded_update(index, batch)
         updated = _apply_shared(
-            metrics, self._plan[index], lambda m: m.update_from(batch, valid=valid)
+            metrics, self._plan[index], lambda _, m: m.update_from(batch, valid=valid)
         )
         return self._with(self._replace_stage(index, updated))
 
@@ -333,8 +347,8 @@ class Evaluator:
         _check_same_plan(self, other._plan, "merge an evaluator into one")
         return self._with(
             tuple(
-                tuple(a.merge(b) for a, b in zip(mine, theirs))
-                for mine, theirs in zip(self._stages, other._stages)
+                _apply_shared(mine, plan, lambda index, m, theirs=theirs: m.merge(theirs[index]))
+                for mine, theirs, plan in zip(self._stages, other._stages, self._plan)
             )
         )
 
@@ -345,7 +359,7 @@ class Evaluator:
         """
         return self._with(
             tuple(
-                _apply_shared(metrics, plan, lambda m: m.all_reduce(axis_name))
+                _apply_shared(metrics, plan, lambda _, m: m.all_reduce(axis_name))
                 for metrics, plan in zip(self._stages, self._plan)
             )
         )
@@ -468,26 +482,30 @@ def _converted_fields(batch: Any, metrics: Sequence[Metric]) -> dict[str, Any]:
 
 
 def _apply_shared(
-    metrics: tuple[Metric, ...], plan: tuple[int, ...], step: Callable[[Metric], Metric]
+    metrics: tuple[Metric, ...], plan: tuple[int, ...], step: Callable[[int, Metric], Metric]
 ) -> tuple[Metric, ...]:
-    """``step`` applied to each metric that leads its shared state; followers copy the leader's.
+    """``step(index, metric)`` applied to each metric that leads its state; the others read theirs
+    off their leader's (see :func:`_share_plan`).
 
-    ``plan[i]`` is the index of the metric whose state metric ``i`` shares (itself when it leads),
+    ``plan[i]`` is the index of the metric whose state metric ``i`` reads (itself when it leads),
     so the shared work (a histogram update, a reduction) runs once per state.
     """
-    done: list[Metric] = []
-    for index, (metric, leader) in enumerate(zip(metrics, plan)):
-        if leader == index:
-            done.append(step(metric))
-        else:
-            source = done[leader]
-            done.append(
-                metric._replace(
-                    state=source.state,
-                    num_updates=source.num_updates,
-                    num_invalid=source.num_invalid,
-                )
+    led = {
+        index: step(index, metric) for index, metric in enumerate(metrics) if plan[index] == index
+    }
+    done = []
+    for index, metric in enumerate(metrics):
+        if index in led:
+            done.append(led[index])
+            continue
+        source = led[plan[index]]
+        done.append(
+            metric._replace(
+                state=_state_of(source, metric.state_key()),
+                num_updates=source.num_updates,
+                num_invalid=source.num_invalid,
             )
+        )
     return tuple(done)
 
 
@@ -545,7 +563,7 @@ def _jitted_stage_update(
     metrics = evaluator._stages[index]
     wanted = dict(zip((m.name for m in metrics), present))
 
-    def step(metric: Metric) -> Metric:
+    def step(_: int, metric: Metric) -> Metric:
         if not wanted[metric.name]:
             return metric
         arrays = (clean_bool(jnp.asarray(fields[f])) for f in metric.fields)

@@ -33,7 +33,7 @@ from flax import struct
 
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
-from jaxmetrics_ad.classification import Thresholds, _checked_capacity, _checked_thresholds
+from jaxmetrics_ad.classification import AUROC, Thresholds, _checked_capacity, _checked_thresholds
 from jaxmetrics_ad.histogram import METRIC_TAIL_SIZE, ScoreHistogram
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.regions import Labeller, check_labeller, connected_components
@@ -706,6 +706,17 @@ class AUPRO(RegionCurveMetric):
         """How binary masks are labelled: ``"auto"``, ``"host"`` or ``"lax"``."""
         return _configured_labeller(self)
 
+    def state_views(self) -> dict[tuple, Any]:
+        """Binned on binary masks, the histogram is pixel AUROC's (AUPR's, F1Max's, ...) at the same
+        ``thresholds`` on the same fields, plus the 1/|region| weight row: it serves them too.
+
+        The same pixels land in the same channels (background 0, region 1, non-finite or padded
+        left out) and bins; both count the same invalid values.
+        """
+        if self.is_exact or self.region_labels:
+            return {}
+        return {_binary_curve_key(self.thresholds, self.fields, self.strict): _pixel_histogram}
+
     def _check_inputs(self, maps: jax.Array, target: jax.Array) -> None:
         _check_image_inputs(maps, target, self.fields, self.region_labels)
 
@@ -719,6 +730,18 @@ class AUPRO(RegionCurveMetric):
             channels = jnp.where(keep, channels, -1)
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
+
+
+@functools.cache
+def _binary_curve_key(thresholds: Thresholds, fields: tuple[str, ...], strict: bool) -> tuple:
+    """The state key of the pixel curve metrics (AUROC, AUPR, ...) at these settings."""
+    return AUROC(thresholds, fields=fields, strict=strict).state_key()
+
+
+def _pixel_histogram(state: RegionCurveState) -> ScoreHistogram:
+    """A binned AUPRO state as the pixel curve metrics keep it: its histogram, no weight row."""
+    samples = state.samples
+    return samples.replace(weights=samples.weights[:0], tail_weights=samples.tail_weights[:0])
 
 
 def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:

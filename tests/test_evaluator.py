@@ -245,6 +245,36 @@ def test_curve_metrics_on_the_same_fields_share_one_state_and_keep_their_values(
     np.testing.assert_allclose(float(aupr), average_precision_score(masks, maps), atol=1e-3)
 
 
+def test_pixel_curves_read_a_binned_aupros_histogram_bit_for_bit(category):
+    pixel = ("anomaly_map", "gt_mask")
+    metrics = [
+        jm.AUROC(BINS, fields=pixel),
+        jm.F1Max(BINS, fields=pixel),
+        jm.AUPRO(thresholds=BINS),
+    ]
+    evaluator = jm.Evaluator(metrics)
+    assert evaluator._plan[0] == (2, 2, 2)  # one histogram update per batch, AUPRO's
+    step = jax.jit(lambda e, b: e.update(b))
+    for rows in HALVES:
+        evaluator = step(evaluator, as_dict(category, rows))
+    merged = evaluator.merge(evaluator)
+    for metric in metrics:
+        alone = metric
+        for rows in HALVES:
+            alone = alone.update(category.anomaly_maps[rows], category.gt_masks[rows])
+        shared = evaluator.metrics()[metric.name]
+        for mine, theirs in zip(jax.tree.leaves(shared), jax.tree.leaves(alone)):
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+        twice = alone.merge(alone)
+        for mine, theirs in zip(
+            jax.tree.leaves(merged.metrics()[metric.name]), jax.tree.leaves(twice)
+        ):
+            np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    masks, maps = category.gt_masks.ravel(), category.anomaly_maps.ravel()
+    auroc = float(evaluator.compute()["AUROC"])
+    np.testing.assert_allclose(auroc, roc_auc_score(masks, maps), atol=1e-4)
+
+
 def test_exact_metrics_share_the_kept_samples(category):
     pixel = ("anomaly_map", "gt_mask")
     evaluator = jm.Evaluator([jm.AUROC(fields=pixel), jm.AUPR(fields=pixel)])
