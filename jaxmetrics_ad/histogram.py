@@ -153,12 +153,21 @@ class ScoreHistogram(struct.PyTreeNode):
         return self.tail_scores.shape[-1]
 
     def add(
-        self, scores: jax.Array, channels: jax.Array, weights: jax.Array | None = None
+        self,
+        scores: jax.Array,
+        channels: jax.Array,
+        weights: jax.Array | None = None,
+        *,
+        window: tuple[jax.Array, int] | None = None,
     ) -> ScoreHistogram:
         """Adds samples: ``channels[i]`` in ``[0, C)`` picks the count channel of ``scores[i]``.
 
         ``weights`` has shape ``(W, N)``. A sample with a negative channel or a non-finite score is left
         out entirely (counts, weights and range): that is how callers drop invalid or padded samples.
+
+        ``window=(first, rows)`` (no tails, no weights): every kept sample's channel lies in
+        ``[first, first + rows)``, with ``first + rows <= C``; only those ``rows`` channels are
+        written, not all ``C`` (per-image channels: a batch touches its own images' rows only).
         """
         scores = jnp.ravel(scores).astype(jnp.float32)
         channels = jnp.ravel(channels).astype(jnp.int32)
@@ -168,8 +177,10 @@ class ScoreHistogram(struct.PyTreeNode):
         else:
             weights = jnp.reshape(weights, (self.weights.shape[0], scores.shape[0]))
             weights = weights.astype(jnp.float32)
+        if window is not None and (self.tail_size or self.weights.shape[0]):
+            raise ValueError("window= needs a histogram without tails or weights")
         if self.tail_size == 0:
-            binned = self._add_binned((scores, channels, kept, weights))
+            binned = self._add_binned((scores, channels, kept, weights), window=window)
             return binned.replace(score_min=binned.core_min, score_max=binned.core_max)
         batch = _TailPool(scores, channels, weights, kept)
         size = self.tail_size
@@ -187,27 +198,43 @@ class ScoreHistogram(struct.PyTreeNode):
         return self._with_new_tails(self, candidates, self.tail_cuts, batch)
 
     def _add_binned(
-        self, *sets: tuple[jax.Array, jax.Array, jax.Array, jax.Array]
+        self,
+        *sets: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+        window: tuple[jax.Array, int] | None = None,
     ) -> ScoreHistogram:
         """Bins the kept samples of each ``(scores, channels, kept, weights)`` set (scores finite,
-        channels valid where kept), after one widening of the grid to all of them."""
+        channels valid where kept, inside ``window`` when given), after one widening of the grid
+        to all of them."""
         low, high = self.core_min, self.core_max
         for scores, _, kept, _ in sets:
             low = jnp.minimum(low, jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf))
             high = jnp.maximum(high, jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf))
         grown = self._cover(low, high)
         num_bins = self.num_bins
-        batch_counts = jnp.zeros(self.num_channels * num_bins, jnp.uint32)
+        first, written = (0, self.num_channels) if window is None else window
+        batch_counts = jnp.zeros(written * num_bins, jnp.uint32)
         summed = jnp.zeros(self.weights.size, jnp.float32)
         for scores, channels, kept, weights in sets:
             bins = grown._bin_index(scores)
-            flat = jnp.where(kept, channels * num_bins + bins, self.num_channels * num_bins)
+            flat = jnp.where(kept, (channels - first) * num_bins + bins, written * num_bins)
             batch_counts = batch_counts.at[flat].add(1, mode="drop")
             if weights.shape[0]:
                 rows = jnp.arange(weights.shape[0], dtype=jnp.int32)[:, None] * num_bins
                 index = jnp.where(kept[None, :], rows + bins[None, :], self.weights.size)
                 summed = summed.at[index.ravel()].add(weights.ravel(), mode="drop")
-        counts = grown.counts.add(batch_counts.reshape(self.num_channels, num_bins))
+        batch_counts = batch_counts.reshape(written, num_bins)
+        if window is None:
+            counts = grown.counts.add(batch_counts)
+        else:  # read, add and write back the window's rows only
+
+            def rows_of(words: jax.Array) -> jax.Array:
+                return jax.lax.dynamic_slice_in_dim(words, first, written, axis=0)
+
+            part = WideCount(rows_of(grown.counts.lo), rows_of(grown.counts.hi)).add(batch_counts)
+            counts = WideCount(
+                jax.lax.dynamic_update_slice_in_dim(grown.counts.lo, part.lo, first, axis=0),
+                jax.lax.dynamic_update_slice_in_dim(grown.counts.hi, part.hi, first, axis=0),
+            )
         new_weights = grown.weights
         if self.weights.shape[0]:
             new_weights = new_weights + summed.reshape(self.weights.shape)

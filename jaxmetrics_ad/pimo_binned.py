@@ -145,7 +145,12 @@ class BinnedCurves(struct.PyTreeNode):
         else:
             slots = self.num_images + jnp.cumsum(keep, dtype=jnp.int32) - 1
             stored = positive & (slots < self.capacity)[:, None]
-            anomalous = self.anomalous.add(scores, jnp.where(stored, slots[:, None], -1))
+            channels = jnp.where(stored, slots[:, None], -1)
+            window = None
+            if num_images <= self.capacity:  # the stored slots lie in [first, first + num_images)
+                first = jnp.clip(self.num_images, 0, self.capacity - num_images)
+                window = (first.astype(jnp.int32), num_images)
+            anomalous = self.anomalous.add(scores, channels, window=window)
         kept_images = jnp.sum(keep, dtype=jnp.int32)
         num_anomalous = jnp.where(same_size, jnp.sum(is_anomalous), 0).astype(jnp.int32)
         num_normal = jnp.where(same_size, kept_images, 0) - num_anomalous

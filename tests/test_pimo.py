@@ -370,3 +370,22 @@ def test_streaming_capacity_overflow_and_size_change_raise():
         too_many.compute()
     with pytest.raises(ValueError, match="one image size"):
         streaming_mean().update(maps[:12], masks[:12]).update(maps[:12, :64], masks[:12, :64])
+
+
+def test_binned_per_image_rows_written_batch_by_batch_equal_one_update_of_all():
+    data = make_category(num_normal=4, num_anomalous=6, size=(24, 24), seed=5)
+    empty = jm.AUPIMO(thresholds=256, capacity=10, return_average=False)
+    whole = empty.update(data.anomaly_maps, data.gt_masks)
+    step = jax.jit(lambda metric, maps, masks, valid: metric.update(maps, masks, valid=valid))
+    batched = empty
+    for first in range(0, 10, 4):  # the last batch (2 images, 2 padded) ends past the capacity
+        batch, valid = jm.pad_batch(
+            {
+                "maps": data.anomaly_maps[first : first + 4],
+                "masks": data.gt_masks[first : first + 4],
+            },
+            4,
+        )
+        batched = step(batched, batch["maps"], batch["masks"], valid)
+    for mine, theirs in zip(jax.tree.leaves(batched.state), jax.tree.leaves(whole.state)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
