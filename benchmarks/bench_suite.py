@@ -66,8 +66,8 @@ def _ours(args: argparse.Namespace, exact: bool) -> dict:
 
     data = _category(args)
     batch_size = batch_size_for(len(data), args.size**2)
-    cold = evaluate(build_suite(exact=exact), iter_batches(data, batch_size))
-    warm = evaluate(build_suite(exact=exact), iter_batches(data, batch_size))
+    cold = evaluate(build_suite(exact=exact, num_images=len(data)), iter_batches(data, batch_size))
+    warm = evaluate(build_suite(exact=exact, num_images=len(data)), iter_batches(data, batch_size))
     return {"seconds": cold.seconds, "warm_seconds": warm.seconds, "values": cold.values}
 
 
@@ -190,7 +190,9 @@ def ours_full(args: argparse.Namespace) -> dict:
     generation_seconds: list[float] = []
     batch_size = batch_size_for(FULL_IMAGES, FULL_SIZE**2)
     start = time.perf_counter()
-    result = evaluate(build_suite(), full_batches(batch_size, generation_seconds))
+    result = evaluate(
+        build_suite(num_images=FULL_IMAGES), full_batches(batch_size, generation_seconds)
+    )
     wall = time.perf_counter() - start
     generation = sum(generation_seconds)
     return {

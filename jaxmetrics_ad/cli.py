@@ -875,6 +875,7 @@ def _run(args: argparse.Namespace) -> int:
         exact=args.exact,
         num_bins=args.bins,
         fpr_limit=args.fpr_limit,
+        num_images=num_images,
     )
     # Metric by metric through _compute_metric: only "undefined on this data" becomes NaN. (The
     # suite's on_error="warn" turns every ValueError and RuntimeError into NaN, and jax raises a

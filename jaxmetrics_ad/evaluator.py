@@ -16,7 +16,6 @@ histogram is those curves' histogram plus a weight row) serves them: one bucketi
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -281,36 +280,50 @@ class Evaluator:
         image) leaves out padded images; see :func:`pad_batch` for jitting a step over a ragged
         last batch.
 
-        Called eagerly, the whole stage updates in one jitted program (compiled once per batch
-        layout), and a batch smaller than the largest one seen so far is padded to it with
-        left-out images, so a ragged last batch does not compile again. That needs every metric
-        to take ``valid`` and to have a fixed-size state; otherwise each metric updates alone.
+        Called eagerly, the metrics with a fixed-size state that can leave padded images out (all
+        binned ones) update in one jitted program (compiled once per batch layout), and a batch
+        smaller than the largest one seen so far is padded to it with left-out images, so a ragged
+        last batch does not compile again. The others (growing exact states) update one by one.
         """
         index = self._stage_index(stage)
         metrics = self._stages[index]
         if is_traced(*jax.tree_util.tree_leaves(self), *jax.tree_util.tree_leaves(batch)):
-            return self._update_stage(index, batch, valid)
+            return self._update_stage(index, batch, valid, eager=False)
         # eagerly, each field is converted to a jax array and value-checked once, not per metric
         with checks_once():
             return self._update_stage(index, _converted_fields(batch, metrics), valid)
 
-    def _update_stage(self, index: int, batch: Any, valid: Any) -> Evaluator:
-        metrics = self._stages[index]
-        if valid is None and self._can_pad(index, batch):
+    def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
+        metrics, plan = self._stages[index], self._plan[index]
+        together = _in_one_program(metrics, plan) if valid is None and eager else ()
+        if together and len(together) == len(metrics):
             return self._padded_update(index, batch)
-        updated = _apply_shared(
-            metrics, self._plan[index], lambda _, m: m.update_from(batch, valid=valid)
-        )
+        if together:
+            # the fixed-size states in one padded program, the growing ones each on its own
+            part = self._part(index, together)._padded_update(index, batch)
+            alone = tuple(i for i in range(len(metrics)) if i not in together)
+            rest = _apply_shared(
+                *_restricted(metrics, plan, alone), lambda _, m: m.update_from(batch)
+            )
+            updated = dict(zip(together, part._stages[index])) | dict(zip(alone, rest))
+            done = self._with(
+                self._replace_stage(index, tuple(updated[i] for i in range(len(metrics))))
+            )
+            object.__setattr__(done, "_pad_to", part._pad_to)
+            return done
+        updated = _apply_shared(metrics, plan, lambda _, m: m.update_from(batch, valid=valid))
         return self._with(self._replace_stage(index, updated))
 
-    def _can_pad(self, index: int, batch: Any) -> bool:
-        metrics = self._stages[index]
-        leaves = jax.tree_util.tree_leaves(self)
-        return (
-            bool(metrics)
-            and not is_traced(*leaves)
-            and all(m.masks_samples and not m._state_grows() for m in metrics)
+    def _part(self, index: int, positions: tuple[int, ...]) -> Evaluator:
+        """This evaluator with only the metrics at ``positions`` in stage ``index``."""
+        metrics, plan = _restricted(self._stages[index], self._plan[index], positions)
+        part = object.__new__(Evaluator)
+        part._set(
+            self._replace_stage(index, metrics),
+            tuple(plan if i == index else p for i, p in enumerate(self._plan)),
+            self._pad_to,
         )
+        return part
 
     def _padded_update(self, index: int, batch: Any) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]
@@ -481,6 +494,24 @@ def _converted_fields(batch: Any, metrics: Sequence[Metric]) -> dict[str, Any]:
     return converted
 
 
+def _in_one_program(metrics: tuple[Metric, ...], plan: tuple[int, ...]) -> tuple[int, ...]:
+    """Positions of the metrics an eager update runs in one padded program: those whose state
+    (their leader's) has a fixed size and can leave padded images out."""
+    return tuple(
+        i
+        for i in range(len(metrics))
+        if metrics[plan[i]].masks_samples and not metrics[plan[i]]._state_grows()
+    )
+
+
+def _restricted(
+    metrics: tuple[Metric, ...], plan: tuple[int, ...], positions: tuple[int, ...]
+) -> tuple[tuple[Metric, ...], tuple[int, ...]]:
+    """The metrics at ``positions`` and their plan renumbered (each one's leader is among them)."""
+    where = {position: k for k, position in enumerate(positions)}
+    return tuple(metrics[p] for p in positions), tuple(where[plan[p]] for p in positions)
+
+
 def _apply_shared(
     metrics: tuple[Metric, ...], plan: tuple[int, ...], step: Callable[[int, Metric], Metric]
 ) -> tuple[Metric, ...]:
@@ -552,8 +583,7 @@ def pad_batch(batch: dict[str, Any], size: int) -> tuple[dict[str, jax.Array], j
     return padded, jnp.asarray(valid)
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4))
-def _jitted_stage_update(
+def _stage_update(
     evaluator: Evaluator,
     fields: dict[str, jax.Array],
     valid: jax.Array,
@@ -571,3 +601,6 @@ def _jitted_stage_update(
 
     updated = _apply_shared(metrics, evaluator._plan[index], step)
     return evaluator._with(evaluator._replace_stage(index, updated))
+
+
+_jitted_stage_update = jax.jit(_stage_update, static_argnums=(3, 4))

@@ -95,13 +95,7 @@ def build_protocol(
 
 def _aupro(fpr_limit: float, thresholds: int | None) -> jm.AUPRO:
     options: dict[str, Any] = {} if fpr_limit == 0.3 else {"fpr_limit": fpr_limit}
-    return jm.AUPRO(
-        thresholds=thresholds,
-        region_labels=True,
-        fields=suite.REGION_FIELDS,
-        prefix="pixel_",
-        **options,
-    )
+    return jm.AUPRO(thresholds=thresholds, prefix="pixel_", **options)
 
 
 def binarised(anomaly_maps: np.ndarray, threshold: float) -> np.ndarray:

@@ -17,9 +17,11 @@ Choices that keep it fast and its memory small, each measured on 300 maps of 256
 * AUPIMO is always exact: it keeps only the anomalous pixels and the top 5% of each normal image's
   scores (~170 MB for a 1.6 Gpx set), updates at ~100 Mpx/s and computes in ~1 s with numpy, with
   no compile; the streaming variant took 6 to 60 s to compile its compute here.
-* AUPRO's ground-truth regions are labelled on the host with ``scipy.ndimage.label`` (jax depends
-  on scipy), the batch being on the host anyway: the in-jit labelling is for jitted eval steps,
-  and compiling it took most of the suite's first batch.
+* Binned, AUPRO's histogram is the pixel curves' histogram plus a 1/|region| weight row, so the
+  Evaluator updates one histogram for the four of them
+  (:meth:`~jaxmetrics_ad.Metric.state_views`). Its ground-truth regions are labelled on the host
+  on the CPU backend (``scipy.ndimage.label`` through a callback, no labelling program to
+  compile), inside jit with ``jax.lax`` on GPU/TPU.
 """
 
 from __future__ import annotations
@@ -93,16 +95,19 @@ def batch_size_for(num_images: int, image_pixels: int) -> int:
     return target
 
 
-def _build_metric(name: str, exact: bool, num_bins: int, fpr_limit: float) -> Metric:
+def _build_metric(
+    name: str, exact: bool, num_bins: int, fpr_limit: float, num_images: int | None
+) -> Metric:
     level, class_name = name.split("_", 1)
     if level == "image":
-        return getattr(jm, class_name)(None, fields=IMAGE_FIELDS, prefix="image_")
+        return getattr(jm, class_name)(
+            None, capacity=num_images, fields=IMAGE_FIELDS, prefix="image_"
+        )
     if class_name == "AUPRO":
         return jm.AUPRO(
             fpr_limit=fpr_limit,
             thresholds=None if exact else num_bins,
-            region_labels=True,
-            fields=REGION_FIELDS,
+            fields=PIXEL_FIELDS,
             prefix="pixel_",
         )
     if class_name == "AUPIMO":
@@ -177,25 +182,21 @@ def error_bounds(evaluator: jm.Evaluator) -> dict[str, float]:
     }
 
 
-def with_regions(evaluator: jm.Evaluator, batch: Any) -> Any:
-    """``batch`` with ``gt_regions`` labelled on the host when a metric (AUPRO) reads them."""
-    if not any(REGION_FIELDS[1] in metric.fields for metric in evaluator.metrics().values()):
-        return batch
-    fields = {field: read_field(batch, field) for field in (*IMAGE_FIELDS, *PIXEL_FIELDS)}
-    return {**fields, REGION_FIELDS[1]: label_regions(fields["gt_mask"])}
-
-
 def build_suite(
     names: Sequence[str] | None = None,
     *,
     exact: bool = False,
     num_bins: int = jm.DEFAULT_NUM_BINS,
     fpr_limit: float = 0.3,
+    num_images: int | None = None,
 ) -> jm.Evaluator:
     """The metrics ``names`` (default: all of :data:`SUITE_METRICS`) as one :class:`~jaxmetrics_ad.Evaluator`.
 
     The Evaluator shares one state between the curve metrics that read the same fields with the
-    same thresholds, and updates eagerly (see :meth:`~jaxmetrics_ad.Evaluator.update`).
+    same thresholds (AUPRO's histogram serving the pixel curves), and updates eagerly (see
+    :meth:`~jaxmetrics_ad.Evaluator.update`): the fixed-size states (binned pixel curves, and the
+    image metrics given ``num_images``) in one jitted program per batch, compiled once (a ragged
+    last batch is padded), the growing ones (exact AUPIMO) each on its own.
 
     Args:
         names: a subset of :data:`SUITE_METRICS`; results come in the suite's order.
@@ -204,6 +205,8 @@ def build_suite(
         num_bins: bins per binned pixel curve (AUROC, AUPR, F1Max, AUPRO).
         fpr_limit: the FPR up to which AUPRO integrates. (PIMO curves for plots are read from
             the AUPIMO's state afterwards: :func:`pimo_curves`.)
+        num_images: the most images the evaluation will see: the image metrics keep their
+            scores in fixed buffers of that size (None: buffers that grow, updated one by one).
 
     Raises:
         ValueError: an unknown metric name or an empty selection.
@@ -218,7 +221,9 @@ def build_suite(
     if not chosen:
         raise ValueError("metrics: choose at least one metric")
     ordered = [name for name in SUITE_METRICS if name in chosen]
-    metrics = [_build_metric(name, exact, num_bins, fpr_limit) for name in ordered]
+    if num_images is not None and (not isinstance(num_images, int) or num_images < 1):
+        raise ValueError(f"num_images: expected a positive int or None, got {num_images!r}")
+    metrics = [_build_metric(name, exact, num_bins, fpr_limit, num_images) for name in ordered]
     return jm.Evaluator(metrics)
 
 
@@ -284,7 +289,7 @@ def evaluate(
     num_images = num_anomalous = num_pixels = 0
     start = time.perf_counter()
     for batch in batches:
-        evaluator = evaluator.update(with_regions(evaluator, batch))
+        evaluator = evaluator.update(batch)
         labels = np.asarray(read_field(batch, "gt_label"))
         num_images += labels.size
         num_anomalous += int(np.count_nonzero(labels))

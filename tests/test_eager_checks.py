@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 import jaxmetrics_ad as jm
 from jaxmetrics_ad.base import valid_rows
@@ -181,3 +182,22 @@ def test_a_second_field_with_other_images_is_named_not_an_index_error():
     maps, masks = np.zeros((3, 4, 4), np.float32), np.zeros((2, 4, 4), bool)
     with pytest.raises(ValueError, match=r"anomaly_map has shape .* but gt_mask has shape"):
         metric.update(maps, masks, valid=np.array([True, False, True]))
+
+
+def test_fixed_size_states_update_in_one_padded_program_beside_growing_ones():
+    fields = ("anomaly_map", "gt_mask")
+    metrics = [jm.AUROC(fields=fields, prefix="exact_"), *_evaluator().metrics().values()]
+    evaluator = jm.Evaluator(metrics)
+    batches = [_images(count, seed=20 + count) for count in (8, 5)]
+    for batch in batches:
+        evaluator = evaluator.update(batch)
+    assert evaluator._pad_to == 8  # the binned pair was padded; the exact AUROC took 5 rows
+    results = evaluator.compute()
+    for metric in metrics:
+        alone = metric
+        for batch in batches:
+            alone = alone.update(batch["anomaly_map"], batch["gt_mask"])
+        assert float(results[metric.name]) == float(alone.compute())
+    maps = np.concatenate([b["anomaly_map"] for b in batches]).ravel()
+    masks = np.concatenate([b["gt_mask"] for b in batches]).ravel()
+    np.testing.assert_allclose(float(results["exact_AUROC"]), roc_auc_score(masks, maps), atol=1e-6)
