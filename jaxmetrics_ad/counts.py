@@ -80,15 +80,30 @@ class WideCount(struct.PyTreeNode):
         return int(sum(int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())))
 
 
+_SCAN_BLOCK = 2048  # flags per row of the blocked running count
+
+
 def running_count(flags: jax.Array) -> jax.Array:
     """Inclusive running count of a 1-d bool (or int) array, int32, for packing kept samples.
 
-    ``jax.lax.associative_scan`` instead of ``jnp.cumsum``: on the CPU backend it is ~5x faster
-    over millions of pixels (3.6 ms vs 18 ms for 2**21 flags, measured), and equal.
+    Up to a few blocks, ``jnp.cumsum``. Over millions of flags, rows of :data:`_SCAN_BLOCK` are
+    summed along each row and offset by the rows before: on the CPU backend a plain ``cumsum`` of
+    2**21 flags took 18 ms; ``jax.lax.associative_scan`` 5.2 ms but 0.54 s to compile (21 levels
+    of slices); the blocked sum 6.6 ms and 0.16 s to compile (measured with
+    ``jit(...).lower().compile()``). Equal whichever way.
 
     Example:
         >>> import jax.numpy as jnp
         >>> running_count(jnp.array([True, False, True, True])).tolist()
         [1, 1, 2, 3]
     """
-    return jax.lax.associative_scan(jnp.add, flags.astype(jnp.int32))
+    counts = flags.astype(jnp.int32)
+    size = counts.shape[0]
+    if size <= 16 * _SCAN_BLOCK:
+        return jnp.cumsum(counts, dtype=jnp.int32)
+    rows = -(-size // _SCAN_BLOCK)
+    blocks = jnp.pad(counts, (0, rows * _SCAN_BLOCK - size)).reshape(rows, _SCAN_BLOCK)
+    within = jnp.cumsum(blocks, axis=1, dtype=jnp.int32)
+    row_totals = within[:, -1]
+    before = jnp.cumsum(row_totals, dtype=jnp.int32) - row_totals
+    return (within + before[:, None]).ravel()[:size]
