@@ -236,8 +236,6 @@ def evaluate_category(
             if threshold is None:
                 raise ValueError("SegF1 needs the threshold fitted on the validation maps")
             batch[protocols.SEGF1_FIELD] = protocols.binarised(batch["anomaly_map"], threshold)
-        if suite.REGION_FIELDS[1] in read:
-            batch[suite.REGION_FIELDS[1]] = suite.label_regions(batch["gt_mask"])
         missing = sorted(read - set(batch))
         if missing:
             raise ValueError(

@@ -296,23 +296,19 @@ class Evaluator:
     def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]
         together = _in_one_program(metrics, plan) if valid is None and eager else ()
-        if together and len(together) == len(metrics):
-            return self._padded_update(index, batch)
-        if together:
-            # the fixed-size states in one padded program, the growing ones each on its own
-            part = self._part(index, together)._padded_update(index, batch)
-            alone = tuple(i for i in range(len(metrics)) if i not in together)
-            rest = _apply_shared(
-                *_restricted(metrics, plan, alone), lambda _, m: m.update_from(batch)
-            )
-            updated = dict(zip(together, part._stages[index])) | dict(zip(alone, rest))
-            done = self._with(
-                self._replace_stage(index, tuple(updated[i] for i in range(len(metrics))))
-            )
-            object.__setattr__(done, "_pad_to", part._pad_to)
-            return done
-        updated = _apply_shared(metrics, plan, lambda _, m: m.update_from(batch, valid=valid))
-        return self._with(self._replace_stage(index, updated))
+        if not together:
+            updated = _apply_shared(metrics, plan, lambda _, m: m.update_from(batch, valid=valid))
+            return self._with(self._replace_stage(index, updated))
+        # the fixed-size states in one padded program, the growing ones (if any) each on its own
+        part = self._part(index, together)._padded_update(index, batch)
+        alone = tuple(i for i in range(len(metrics)) if i not in together)
+        rest = _apply_shared(*_restricted(metrics, plan, alone), lambda _, m: m.update_from(batch))
+        updated = dict(zip(together, part._stages[index])) | dict(zip(alone, rest))
+        done = self._with(
+            self._replace_stage(index, tuple(updated[i] for i in range(len(metrics))))
+        )
+        object.__setattr__(done, "_pad_to", part._pad_to)
+        return done
 
     def _part(self, index: int, positions: tuple[int, ...]) -> Evaluator:
         """This evaluator with only the metrics at ``positions`` in stage ``index``."""

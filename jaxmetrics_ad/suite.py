@@ -36,14 +36,12 @@ from typing import Any
 
 import jax
 import numpy as np
-from scipy import ndimage
 
 import jaxmetrics_ad as jm
 from jaxmetrics_ad.base import Metric, read_field
 
 IMAGE_FIELDS = ("pred_score", "gt_label")
 PIXEL_FIELDS = ("anomaly_map", "gt_mask")
-REGION_FIELDS = ("anomaly_map", "gt_regions")
 SUITE_METRICS = (
     "image_AUROC",
     "image_AUPR",
@@ -60,25 +58,6 @@ PIMO_PLOT_THRESHOLDS = 10_000
 BATCH_PIXELS = 2**20
 """Pixels per batch that :func:`batch_size_for` aims at, measured fastest on a 2-core CPU: batches
 of 1 to 2 Mpx ran the suite ~2x faster per pixel than 14 Mpx ones, which took ~300 MB more memory."""
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-
-
-def label_regions(masks: np.ndarray) -> np.ndarray:
-    """8-connected regions of each mask (N, H, W), labelled on the host; int32, 0 = background.
-
-    The same partition as :func:`jaxmetrics_ad.regions.connected_components` (scipy's numbering):
-    on the host, where batches are read from disk anyway, scipy labels masks faster than any
-    compiled program and needs no compile, which dominated the suite's first batch.
-
-    >>> label_regions(np.array([[[1, 0, 0], [0, 1, 0], [0, 0, 0]]], bool)).tolist()
-    [[[1, 0, 0], [0, 1, 0], [0, 0, 0]]]
-    """
-    masks = np.asarray(masks) != 0
-    labels = np.zeros(masks.shape, np.int32)
-    for image, mask in enumerate(masks):
-        if mask.any():
-            ndimage.label(mask, structure=_EIGHT_CONNECTED, output=labels[image])
-    return labels
 
 
 def batch_size_for(num_images: int, image_pixels: int) -> int:
