@@ -19,7 +19,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.counts import running_count
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import ScoreHistogram, power_of_two
 from jaxmetrics_ad.pimo_rule import IntegrationBand, threshold_grid, trapezoid_weights
 
 DEFAULT_TAIL_SIZE = 32768
@@ -280,8 +280,8 @@ class _Bins(NamedTuple):
 def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
     fixed = None if histogram.edges is None else xp.asarray(histogram.edges, xp.float32)
     if xp is jnp:
-        top = jnp.ldexp(
-            (histogram.offset + histogram.num_bins).astype(jnp.float32), histogram.exponent
+        top = (histogram.offset + histogram.num_bins).astype(jnp.float32) * power_of_two(
+            histogram.exponent
         )
         return _Bins(
             histogram.counts.as_float(),

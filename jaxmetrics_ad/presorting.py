@@ -56,7 +56,7 @@ from jaxmetrics_ad.classification import (
     _checked_capacity,
     _checked_thresholds,
 )
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import ScoreHistogram, power_of_two
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.validation import is_traced
 
@@ -291,7 +291,7 @@ class _QuantileRate(ScoreCurveMetric):
         histogram = self.state
         lower = histogram.lower_edges()
         if histogram.edges is None:
-            edge = lower + jnp.ldexp(jnp.float32(1.0), histogram.exponent)
+            edge = lower + power_of_two(histogram.exponent)
         else:
             edge = jnp.concatenate([lower[1:], jnp.array([jnp.inf], jnp.float32)])
         low = jnp.clip(lower, histogram.score_min, histogram.score_max)

@@ -55,7 +55,7 @@ from jaxmetrics_ad.base import Metric, state_reader
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.classification import Thresholds, _checked_capacity, _checked_thresholds
 from jaxmetrics_ad.counts import WideCount
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import ScoreHistogram, power_of_two
 from jaxmetrics_ad.host import on_host
 from jaxmetrics_ad.statistics import Moments
 from jaxmetrics_ad.validation import (
@@ -108,7 +108,7 @@ def _histogram_quantile(histogram: ScoreHistogram, q: float) -> tuple[jax.Array,
         )
     else:
         cells = histogram.offset + jnp.arange(1, histogram.num_bins + 1, dtype=jnp.int32)
-        upper_edges = jnp.ldexp(cells.astype(jnp.float32), histogram.exponent)
+        upper_edges = cells.astype(jnp.float32) * power_of_two(histogram.exponent)
     upper = jnp.minimum(upper_edges[index], histogram.score_max)
     lower = jnp.maximum(lower_edges[index], histogram.score_min)
     empty = total == 0
