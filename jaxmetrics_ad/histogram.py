@@ -23,7 +23,8 @@ the scores between them. A few far outliers then cannot widen the bins: one pixe
 in [0, 1.3] leaves the rest at full resolution. The tails are defined by the sample multiset alone —
 the high tail holds every sample above the K-th highest score, the low tail every other sample below
 the K-th lowest, tied scores always share a side — so updates and merges stay exact and
-order-independent. Each update pays two ``top_k`` selections of ``K`` over the batch.
+order-independent. Each update pays two ``top_k`` selections of ``K`` over the batch (each in two
+stages on large batches: the rows of 32 scores with the highest maxima, then their scores).
 """
 
 from __future__ import annotations
@@ -548,9 +549,31 @@ def _order_statistic(
     sliced into a full sort (~100x slower).
     """
     key = jnp.where(kept, scores if highest else -scores, -jnp.inf)
-    values, index = jax.lax.top_k(key, size)
+    values, index = _top_k(key, size)
     cut = jnp.min(values)
     return (cut if highest else -cut), index
+
+
+_TOP_K_ROW = 32  # keys per row of the two-stage top-k
+
+
+def _top_k(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """``jax.lax.top_k(keys, size)`` up to the order of tied keys, in two stages when ``keys``
+    splits into rows of :data:`_TOP_K_ROW`: the ``size`` largest keys lie in the ``size`` rows with
+    the largest maxima (a row holding one of them whose maximum ranked lower would have ``size``
+    larger keys above it), so a top-k of the row maxima picks the rows and a top-k of those rows'
+    keys picks the keys. The ``size``-th largest key and the set of keys above it are the same.
+
+    On the CPU backend, 0.92 Mpx of a smooth anomaly map: 0.70 ms instead of 1.8 ms per top-k of
+    1023 (XLA's top-k slows down on long sorted runs, which smooth maps have).
+    """
+    count = keys.shape[0]
+    if count % _TOP_K_ROW or count < 4 * size * _TOP_K_ROW:
+        return jax.lax.top_k(keys, size)
+    rows = keys.reshape(count // _TOP_K_ROW, _TOP_K_ROW)
+    _, top_rows = jax.lax.top_k(jnp.max(rows, axis=1), size)
+    values, within = jax.lax.top_k(rows[top_rows].ravel(), size)
+    return values, top_rows[within // _TOP_K_ROW] * _TOP_K_ROW + within % _TOP_K_ROW
 
 
 def _cumulative_with_tails(histogram, lower_edges, bin_counts, bin_weights, xp):

@@ -167,3 +167,50 @@ def test_bad_tail_size_and_mismatched_merge_are_rejected():
         ScoreHistogram.auto(num_bins=8, num_channels=1, tail_size=-1)
     with pytest.raises(ValueError, match="tail sizes"):
         ScoreHistogram.auto(8, 1, tail_size=2).merge(ScoreHistogram.auto(8, 1, tail_size=3))
+
+
+def _large_keys(kind: str, size: int) -> np.ndarray:
+    """Keys for the two-stage top-k: smooth runs, noise, a few values tied many times, and
+    left-out samples (-inf) in most rows."""
+    rng = np.random.default_rng(11)
+    if kind == "smooth":
+        return np.sin(np.linspace(0, 40, size)).astype(np.float32)
+    if kind == "noise":
+        return rng.random(size).astype(np.float32)
+    if kind == "tied":
+        return rng.integers(0, 5, size).astype(np.float32)
+    keys = rng.random(size).astype(np.float32)
+    keys[rng.random(size) < 0.999] = -np.inf
+    return keys
+
+
+@pytest.mark.parametrize("kind", ["smooth", "noise", "tied", "mostly_left_out"])
+def test_two_stage_top_k_selects_the_same_keys_as_lax_top_k(kind):
+    from jaxmetrics_ad.histogram import _top_k
+
+    size, count = 1023, 2**18  # large enough for the two stages
+    keys = _large_keys(kind, count)
+    values, index = jax.jit(lambda k: _top_k(k, size))(keys)
+    want, _ = jax.lax.top_k(keys, size)
+    np.testing.assert_array_equal(np.sort(values), np.sort(np.asarray(want)))
+    np.testing.assert_array_equal(keys[np.asarray(index)], values)
+    assert np.unique(np.asarray(index)).size == size
+
+
+def test_one_large_batch_gives_the_state_of_many_small_ones():
+    scores, labels, weights = _samples(12, 2**18, outliers=50)
+    scores = np.sort(scores)  # long sorted runs, as in smooth anomaly maps
+    empty = ScoreHistogram.auto(num_bins=64, num_channels=2, num_weights=1, tail_size=1023)
+    whole = jax.jit(ScoreHistogram.add)(empty, scores, labels, weights)
+    add = jax.jit(ScoreHistogram.add)
+    parts = empty
+    for index in np.array_split(np.arange(scores.size), 16):  # below the two-stage size
+        parts = add(parts, scores[index], labels[index], weights[:, index])
+    np.testing.assert_array_equal(whole.counts.lo, parts.counts.lo)
+    np.testing.assert_array_equal(whole.tail_cuts, parts.tail_cuts)
+    for field in ("tail_scores", "tail_channels"):
+        np.testing.assert_array_equal(
+            np.sort(np.asarray(getattr(whole, field)), axis=1),
+            np.sort(np.asarray(getattr(parts, field)), axis=1),
+        )
+    np.testing.assert_allclose(whole.weights, parts.weights, rtol=1e-5)
