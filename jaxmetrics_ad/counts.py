@@ -80,16 +80,18 @@ class WideCount(struct.PyTreeNode):
         return int(sum(int(h) * (1 << 32) + int(low) for h, low in zip(hi.ravel(), lo.ravel())))
 
 
-_SCAN_BLOCK = 2048  # flags per row of the blocked running count
+_SCAN_BLOCK = 2048  # counts per row of the blocked running count
+_WORD_BITS = 32  # flags per word of the bit-packed running count
 
 
 def running_count(flags: jax.Array) -> jax.Array:
     """Inclusive running count of a 1-d bool (or int) array, int32, for packing kept samples.
 
-    Up to a few blocks, ``jnp.cumsum``. Over millions of flags, rows of :data:`_SCAN_BLOCK` are
-    summed along each row and offset by the rows before: on the CPU backend a plain ``cumsum`` of
-    2**21 flags took 18 ms; ``jax.lax.associative_scan`` 5.2 ms but 0.54 s to compile (21 levels
-    of slices); the blocked sum 6.6 ms and 0.16 s to compile (measured with
+    Up to a few blocks, ``jnp.cumsum``. Over millions of bool flags, each 32 are packed into the
+    bits of one word: a flag's rank within its word is the population count of the bits up to it,
+    and only the words' totals are summed in order (rows of :data:`_SCAN_BLOCK`, offset by the rows
+    before). On the CPU backend, 2**21 flags: a plain ``cumsum`` 18 ms, the blocked sum of the
+    flags themselves 6.6 ms, the bit-packed count ~2x faster than that (measured with
     ``jit(...).lower().compile()``). Equal whichever way.
 
     Example:
@@ -97,13 +99,29 @@ def running_count(flags: jax.Array) -> jax.Array:
         >>> running_count(jnp.array([True, False, True, True])).tolist()
         [1, 1, 2, 3]
     """
-    counts = flags.astype(jnp.int32)
-    size = counts.shape[0]
+    size = flags.shape[0]
     if size <= 16 * _SCAN_BLOCK:
-        return jnp.cumsum(counts, dtype=jnp.int32)
+        return jnp.cumsum(flags.astype(jnp.int32), dtype=jnp.int32)
+    if flags.dtype == jnp.bool_:
+        return _packed_running_count(flags)
+    counts = flags.astype(jnp.int32)
     rows = -(-size // _SCAN_BLOCK)
     blocks = jnp.pad(counts, (0, rows * _SCAN_BLOCK - size)).reshape(rows, _SCAN_BLOCK)
     within = jnp.cumsum(blocks, axis=1, dtype=jnp.int32)
     row_totals = within[:, -1]
     before = jnp.cumsum(row_totals, dtype=jnp.int32) - row_totals
+    return (within + before[:, None]).ravel()[:size]
+
+
+def _packed_running_count(flags: jax.Array) -> jax.Array:
+    """:func:`running_count` of bool flags, 32 to a word (see there)."""
+    size = flags.shape[0]
+    words = -(-size // _WORD_BITS)
+    bits = jnp.pad(flags, (0, words * _WORD_BITS - size)).reshape(words, _WORD_BITS)
+    shifts = jnp.arange(_WORD_BITS, dtype=jnp.uint32)
+    packed = jnp.sum(bits.astype(jnp.uint32) << shifts, axis=1, dtype=jnp.uint32)
+    up_to = jnp.uint32(0xFFFFFFFF) >> (jnp.uint32(_WORD_BITS - 1) - shifts)  # bits 0..j set
+    within = jax.lax.population_count(packed[:, None] & up_to[None, :]).astype(jnp.int32)
+    totals = jax.lax.population_count(packed).astype(jnp.int32)
+    before = running_count(totals) - totals
     return (within + before[:, None]).ravel()[:size]

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmetrics_ad.counts import WideCount
+from jaxmetrics_ad.counts import WideCount, running_count
 from jaxmetrics_ad.histogram import ScoreHistogram
 
 
@@ -106,3 +106,13 @@ def test_weights_of_left_out_samples_are_dropped_even_when_the_batch_is_smaller_
         jnp.array([0.1, 0.5, 0.9]), jnp.array([0, 1, -1]), jnp.array([[1.0, 1.0, 5.0]])
     )
     assert float(histogram.weights.sum()) == 2.0
+
+
+@pytest.mark.parametrize("size", [5, 40_000, 2**20, 2**20 + 7])
+@pytest.mark.parametrize("density", [0.0, 0.003, 0.5, 1.0])
+def test_running_count_equals_numpys_cumsum_for_bool_and_int_flags(size, density):
+    flags = np.random.default_rng(size).random(size) < density
+    want = np.cumsum(flags)
+    counted = jax.jit(running_count)
+    np.testing.assert_array_equal(counted(flags), want)  # bit-packed words past 32768 flags
+    np.testing.assert_array_equal(counted(flags.astype(np.int32)), want)  # blocked sums
