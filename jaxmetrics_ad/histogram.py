@@ -558,8 +558,8 @@ _TOP_K_ROW = 32  # keys per row of the two-stage top-k
 
 
 def _top_k(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
-    """``jax.lax.top_k(keys, size)`` up to the order of tied keys, in two stages when ``keys``
-    splits into rows of :data:`_TOP_K_ROW`: the ``size`` largest keys lie in the ``size`` rows with
+    """``jax.lax.top_k(keys, size)`` up to the order of tied keys, in two stages over rows of
+    :data:`_TOP_K_ROW` keys when there are many: the ``size`` largest keys lie in the ``size`` rows with
     the largest maxima (a row holding one of them whose maximum ranked lower would have ``size``
     larger keys above it), so a top-k of the row maxima picks the rows and a top-k of those rows'
     keys picks the keys. The ``size``-th largest key and the set of keys above it are the same.
@@ -568,12 +568,21 @@ def _top_k(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     1023 (XLA's top-k slows down on long sorted runs, which smooth maps have).
     """
     count = keys.shape[0]
-    if count % _TOP_K_ROW or count < 4 * size * _TOP_K_ROW:
+    if count < 4 * size * _TOP_K_ROW:
         return jax.lax.top_k(keys, size)
-    rows = keys.reshape(count // _TOP_K_ROW, _TOP_K_ROW)
-    _, top_rows = jax.lax.top_k(jnp.max(rows, axis=1), size)
-    values, within = jax.lax.top_k(rows[top_rows].ravel(), size)
-    return values, top_rows[within // _TOP_K_ROW] * _TOP_K_ROW + within % _TOP_K_ROW
+    whole = count - count % _TOP_K_ROW  # the keys in whole rows; the last few join at the end
+    row_maxima = jnp.max(keys[:whole].reshape(-1, _TOP_K_ROW), axis=1)
+    _, top_rows = jax.lax.top_k(row_maxima, size)
+    columns = jnp.arange(_TOP_K_ROW, dtype=top_rows.dtype)
+    in_top_rows = (top_rows[:, None] * _TOP_K_ROW + columns[None, :]).ravel()
+    values, within = jax.lax.top_k(keys[in_top_rows], size)  # gathered from keys: no copy
+    index = in_top_rows[within]
+    if whole == count:
+        return values, index
+    values = jnp.concatenate([values, keys[whole:]])
+    index = jnp.concatenate([index, jnp.arange(whole, count, dtype=index.dtype)])
+    values, picked = jax.lax.top_k(values, size)
+    return values, index[picked]
 
 
 def _cumulative_with_tails(histogram, lower_edges, bin_counts, bin_weights, xp):
