@@ -1,8 +1,9 @@
 """The notebooks show their plots inline and pass ruff.
 
-nbmake (``--nbmake`` in pyproject's addopts) already checks that every notebook runs; these tests
-execute the plotting notebooks with nbclient and check that each plotting cell left a PNG figure in
-its outputs, which a notebook that switched matplotlib to the Agg backend would not.
+nbmake (``--nbmake`` in pyproject's addopts) checks that the other notebooks run; these tests
+execute the plotting notebooks with nbclient (a cell that raises fails them) and check that each
+plotting cell left a PNG figure in its outputs, which a notebook that switched matplotlib to the Agg
+backend would not. pyproject's addopts leave these notebooks out of nbmake, so none runs twice.
 """
 
 from __future__ import annotations
