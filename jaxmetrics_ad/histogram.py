@@ -575,7 +575,7 @@ def _top_k(keys: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     _, top_rows = jax.lax.top_k(row_maxima, size)
     columns = jnp.arange(_TOP_K_ROW, dtype=top_rows.dtype)
     in_top_rows = (top_rows[:, None] * _TOP_K_ROW + columns[None, :]).ravel()
-    values, within = jax.lax.top_k(keys[in_top_rows], size)  # gathered from keys: no copy
+    values, within = jax.lax.top_k(keys[in_top_rows], size)  # only those rows are copied
     index = in_top_rows[within]
     if whole == count:
         return values, index

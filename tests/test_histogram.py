@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxmetrics_ad.counts import WideCount, running_count
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import ScoreHistogram, _binary_exponent, power_of_two
 
 
 def test_wide_counts_stay_exact_past_two_to_the_32():
@@ -116,3 +116,15 @@ def test_running_count_equals_numpys_cumsum_for_bool_and_int_flags(size, density
     counted = jax.jit(running_count)
     np.testing.assert_array_equal(counted(flags), want)  # bit-packed words past 32768 flags
     np.testing.assert_array_equal(counted(flags.astype(np.int32)), want)  # blocked sums
+
+
+def test_power_of_two_and_binary_exponent_equal_numpys_ldexp_and_frexp():
+    exponents = np.arange(-126, 255, dtype=np.int32)  # normal powers, then inf past 127
+    want = np.ldexp(np.float32(1.0), exponents).astype(np.float32)
+    np.testing.assert_array_equal(jax.jit(power_of_two)(exponents), want)
+    rng = np.random.default_rng(5)
+    values = np.float32(10.0) ** rng.uniform(-37, 38, 100_000).astype(np.float32)
+    values = np.concatenate([values, np.float32([2.0**-126, 1.0, 0.5, 3.4e38, np.inf])])
+    _, want_exponents = np.frexp(values)
+    want_exponents = np.where(np.isfinite(values), want_exponents, 0)
+    np.testing.assert_array_equal(jax.jit(_binary_exponent)(values), want_exponents)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.histogram import ScoreHistogram, _top_k
 
 
 def _samples(seed: int, size: int, tied: bool = False, outliers: int = 0):
@@ -187,8 +187,6 @@ def _large_keys(kind: str, size: int) -> np.ndarray:
 @pytest.mark.parametrize("count", [2**18, 2**18 + 5])  # whole rows of 32, and a few keys over
 @pytest.mark.parametrize("kind", ["smooth", "noise", "tied", "mostly_left_out"])
 def test_two_stage_top_k_selects_the_same_keys_as_lax_top_k(kind, count):
-    from jaxmetrics_ad.histogram import _top_k
-
     size = 1023  # count is large enough for the two stages
     keys = _large_keys(kind, count)
     values, index = jax.jit(lambda k: _top_k(k, size))(keys)
