@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics_ad.validation import as_array, is_traced
+from jaxmetrics_ad.numpy_updates import numpy_updates_apply, scalar
+from jaxmetrics_ad.validation import as_array, is_traced, state_array
 
 _CHILDREN = ("state", "num_updates", "num_invalid")
 _INT32_MAX = 2**31 - 1
@@ -197,7 +198,8 @@ class Metric:
             raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
         config = {"fields": fields, "prefix": prefix, "strict": bool(strict), **config}
         object.__setattr__(self, "_config", tuple((k, _frozen(v)) for k, v in config.items()))
-        self._set_children(self._empty_state(), jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        zero = state_array(0, (), np.int32)
+        self._set_children(self._empty_state(), zero, zero)
 
     # -- pytree plumbing -------------------------------------------------------------------------
 
@@ -315,8 +317,8 @@ class Metric:
         """An empty metric with the same configuration."""
         return self._replace(
             state=self._empty_state(),
-            num_updates=jnp.zeros((), jnp.int32),
-            num_invalid=jnp.zeros((), jnp.int32),
+            num_updates=state_array(0, (), np.int32),
+            num_invalid=state_array(0, (), np.int32),
         )
 
     # -- clu's verbs, so that metrics sit in a clu.metrics.Collection ------------------------------
@@ -425,7 +427,23 @@ class Metric:
         self._check_inputs(*valid_rows(arrays, valid))
         if is_traced(*arrays, valid, *jax.tree_util.tree_leaves(self)) or self._state_grows():
             return self._update_unchecked(*arrays, valid=valid)
+        if self._updates_in_numpy() and numpy_updates_apply():
+            return self._update_in_numpy(arrays, valid)
         return _jitted_update(self, arrays, valid)
+
+    def _update_in_numpy(self, arrays: Sequence[jax.Array], valid: jax.Array | None) -> Metric:
+        """The eager CPU update: ``_update_state_in_numpy`` on the valid rows, nothing compiled."""
+        host = [np.asarray(array) for array in arrays]
+        if valid is not None:
+            keep = np.asarray(valid)
+            host = [a[keep] if a.shape[:1] == keep.shape else a for a in host]
+        state, num_invalid = self._update_state_in_numpy(*host)
+        total = min(int(self.num_invalid) + int(num_invalid), int(_INT32_MAX))
+        return self._replace(
+            state=state,
+            num_updates=scalar(int(self.num_updates) + 1, np.int32),
+            num_invalid=scalar(total, np.int32),
+        )
 
     def _checked_valid(self, valid: Any, arrays: Sequence[jax.Array]) -> jax.Array | None:
         if valid is None:
@@ -567,8 +585,11 @@ class Metric:
         return jax.tree_util.tree_map(self._poison_if_invalid, value)
 
     def _poison_if_invalid(self, value: jax.Array) -> jax.Array:
-        if not jnp.issubdtype(jnp.asarray(value).dtype, jnp.floating):
+        dtype = value.dtype if hasattr(value, "dtype") else np.result_type(value)
+        if not jnp.issubdtype(dtype, jnp.floating):
             return value
+        if not is_traced(value, self.num_invalid):  # numpy: no eager XLA op to compile
+            return _as_jax(np.where(int(self.num_invalid) > 0, np.nan, np.asarray(value)))
         return jnp.where(self.num_invalid > 0, jnp.nan, value)
 
     def generate_figure(self) -> tuple[Any, str]:
@@ -632,6 +653,14 @@ class Metric:
         """Raise on bad inputs: shapes always, values only when concrete (see validation)."""
 
     def _update_state(self, *arrays: jax.Array) -> tuple[Any, jax.Array]:
+        raise NotImplementedError
+
+    def _updates_in_numpy(self) -> bool:
+        """Whether ``_update_state_in_numpy`` serves this configuration (eager CPU updates)."""
+        return False
+
+    def _update_state_in_numpy(self, *arrays: np.ndarray) -> tuple[Any, np.ndarray]:
+        """``_update_state`` in numpy, without ``valid`` (see :mod:`jaxmetrics_ad.numpy_updates`)."""
         raise NotImplementedError
 
     def _check_state(self) -> None:

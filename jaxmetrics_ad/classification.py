@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmetrics_ad import numpy_updates
 from jaxmetrics_ad.base import Metric, state_reader
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.counts import WideCount
@@ -149,7 +150,7 @@ def _rounded_up(bound: Any) -> jax.Array:
     single = np.float32(bound)
     if single < bound:
         single = np.nextafter(single, np.float32(np.inf))
-    return jnp.asarray(single, jnp.float32)
+    return jax.device_put(np.asarray(single, np.float32))  # no eager XLA op to compile
 
 
 def _returned(value: Any) -> np.float64:
@@ -217,6 +218,16 @@ class ScoreCurveMetric(Metric):
     def _update_state(self, preds: jax.Array, target: jax.Array, valid: jax.Array | None = None):
         channel, num_invalid = binary_channel(preds, target, per_sample(valid, preds.shape))
         return self.state.add(preds, channel), num_invalid
+
+    def _updates_in_numpy(self) -> bool:
+        return (
+            isinstance(self.state, ScoreHistogram)
+            and type(self)._update_state is ScoreCurveMetric._update_state
+        )
+
+    def _update_state_in_numpy(self, preds: np.ndarray, target: np.ndarray):
+        channel, num_invalid = numpy_updates.binary_channel(preds, target)
+        return numpy_updates.histogram_add(self.state, preds, channel), num_invalid
 
     @state_reader
     def threshold_counts(self, at: str = "positives") -> ThresholdCounts:
@@ -373,7 +384,7 @@ class AUROC(ScoreCurveMetric):
         if isinstance(counts.tp_ge, np.ndarray):
             with np.errstate(invalid="ignore", divide="ignore"):
                 bound = 0.5 * np.sum(positives * negatives) / pairs
-            return jnp.asarray(bound, jnp.float32)
+            return jax.device_put(np.asarray(bound, np.float32))  # no eager XLA op to compile
         return 0.5 * jnp.sum(positives * negatives) / pairs
 
 

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmetrics_ad.validation import state_array
+
 _WORD = 4294967296.0  # 2**32
 
 
@@ -32,7 +34,7 @@ class WideCount(struct.PyTreeNode):
     @classmethod
     def zeros(cls, shape: tuple[int, ...]) -> WideCount:
         """Counts of zero with the given shape."""
-        return cls(lo=jnp.zeros(shape, jnp.uint32), hi=jnp.zeros(shape, jnp.uint32))
+        return cls(lo=state_array(0, shape, np.uint32), hi=state_array(0, shape, np.uint32))
 
     def add(self, counts: jax.Array) -> WideCount:
         """Adds non-negative per-batch counts (int32 or uint32, below 2**32 each)."""

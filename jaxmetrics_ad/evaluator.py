@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxmetrics_ad.base import Metric, available_fields, read_field
 from jaxmetrics_ad.classification import AUROC, DEFAULT_NUM_BINS, F1Score
+from jaxmetrics_ad.numpy_updates import numpy_updates_apply
 from jaxmetrics_ad.validation import as_array, checks_once, clean_bool, is_traced
 
 STAGES = ("val", "test")
@@ -295,7 +296,10 @@ class Evaluator:
 
     def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]
-        together = _in_one_program(metrics, plan) if valid is None and eager else ()
+        in_numpy = eager and _all_in_numpy(metrics, plan)  # then nothing to compile or pad
+        together = (
+            _in_one_program(metrics, plan) if valid is None and eager and not in_numpy else ()
+        )
         if not together:
             updated = _apply_shared(metrics, plan, lambda _, m: m.update_from(batch, valid=valid))
             return self._with(self._replace_stage(index, updated))
@@ -498,6 +502,11 @@ def _in_one_program(metrics: tuple[Metric, ...], plan: tuple[int, ...]) -> tuple
         for i in range(len(metrics))
         if metrics[plan[i]].masks_samples and not metrics[plan[i]]._state_grows()
     )
+
+
+def _all_in_numpy(metrics: tuple[Metric, ...], plan: tuple[int, ...]) -> bool:
+    """Whether every state of the stage updates in numpy (eager, CPU; see ``numpy_updates``)."""
+    return numpy_updates_apply() and all(metrics[leader]._updates_in_numpy() for leader in plan)
 
 
 def _restricted(

@@ -39,7 +39,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.counts import WideCount
-from jaxmetrics_ad.validation import is_traced
+from jaxmetrics_ad.validation import is_traced, outside_traces, state_array
 
 METRIC_TAIL_SIZE = 1024
 """Exact scores kept at each end by the auto-ranging histograms of the binned curve metrics."""
@@ -157,17 +157,17 @@ class ScoreHistogram(struct.PyTreeNode):
     def _empty(cls, num_bins, num_channels, num_weights, edges, tail_size=0) -> ScoreHistogram:
         return cls(
             counts=WideCount.zeros((num_channels, num_bins)),
-            weights=jnp.zeros((num_weights, num_bins), jnp.float32),
-            exponent=jnp.zeros((), jnp.int32),
-            offset=jnp.zeros((), jnp.int32),
-            score_min=jnp.array(jnp.inf, jnp.float32),
-            score_max=jnp.array(-jnp.inf, jnp.float32),
-            core_min=jnp.array(jnp.inf, jnp.float32),
-            core_max=jnp.array(-jnp.inf, jnp.float32),
-            tail_scores=jnp.full((2, tail_size), jnp.nan, jnp.float32),
-            tail_channels=jnp.full((2, tail_size), -1, jnp.int32),
-            tail_weights=jnp.zeros((num_weights, 2, tail_size), jnp.float32),
-            tail_cuts=jnp.array([-jnp.inf, jnp.inf], jnp.float32),
+            weights=state_array(0, (num_weights, num_bins), np.float32),
+            exponent=state_array(0, (), np.int32),
+            offset=state_array(0, (), np.int32),
+            score_min=state_array(np.inf, (), np.float32),
+            score_max=state_array(-np.inf, (), np.float32),
+            core_min=state_array(np.inf, (), np.float32),
+            core_max=state_array(-np.inf, (), np.float32),
+            tail_scores=state_array(np.nan, (2, tail_size), np.float32),
+            tail_channels=state_array(-1, (2, tail_size), np.int32),
+            tail_weights=state_array(0, (num_weights, 2, tail_size), np.float32),
+            tail_cuts=_cuts_of_empty(),
             edges=edges,
         )
 
@@ -508,6 +508,13 @@ class ScoreHistogram(struct.PyTreeNode):
             core_min=lo,
             core_max=hi,
         )
+
+
+def _cuts_of_empty() -> jax.Array | np.ndarray:
+    """Tail cuts of an empty histogram, (-inf, +inf), as :func:`state_array` would make them."""
+    if not outside_traces():
+        return jnp.array([-jnp.inf, jnp.inf], jnp.float32)
+    return jax.device_put(np.array([-np.inf, np.inf], np.float32))
 
 
 class _TailPool(NamedTuple):

@@ -87,7 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmetrics_ad import pimo_binned
+from jaxmetrics_ad import numpy_updates, pimo_binned
 from jaxmetrics_ad.base import LOOSE_BOUND, Metric, state_reader, valid_rows
 from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.pimo_binned import DEFAULT_TAIL_SIZE, BinnedCurves
@@ -321,6 +321,13 @@ class _PerImageOverlapMetric(Metric):
             state = self.state.add(maps, masks, keep_all_pixels=EXACT_KEEP_ALL_PIXELS)
             return state, jnp.zeros((), jnp.int32)
         return self.state.add(maps, masks, valid)
+
+    def _updates_in_numpy(self) -> bool:
+        return not self.is_exact
+
+    def _update_state_in_numpy(self, maps: np.ndarray, masks: np.ndarray):
+        maps, masks = _image_batch(maps, self.fields[0]), _image_batch(masks, self.fields[1])
+        return numpy_updates.binned_curves_add(self.state, maps, masks)
 
     def _check_state(self) -> None:
         if self.is_exact:
@@ -729,7 +736,7 @@ class AUPIMO(_PerImageOverlapMetric):
         bound = self._trim(bound, xp) if state.capacity is not None else bound
         if xp is jnp:
             return bound.astype(jnp.float32)
-        return jnp.asarray(np.asarray(bound, np.float32))
+        return jax.device_put(np.asarray(bound, np.float32))  # no eager XLA op to compile
 
     def _warn_if_loose(self) -> None:
         # Per-image bounds, NaN for normal images: the returned mean is off by at most their mean.

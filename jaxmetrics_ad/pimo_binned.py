@@ -21,6 +21,7 @@ from flax import struct
 from jaxmetrics_ad.counts import running_count
 from jaxmetrics_ad.histogram import ScoreHistogram, power_of_two
 from jaxmetrics_ad.pimo_rule import IntegrationBand, threshold_grid, trapezoid_weights
+from jaxmetrics_ad.validation import state_array
 
 DEFAULT_TAIL_SIZE = 32768
 """Binned mode: how many of the highest normal scores are kept exactly (128 KiB)."""
@@ -95,11 +96,11 @@ class BinnedCurves(struct.PyTreeNode):
             anomalous = histogram(num_channels=1, num_weights=1)
         else:
             anomalous = histogram(num_channels=capacity)
-        zero = jnp.zeros((), jnp.int32)
+        zero = state_array(0, (), np.int32)
         return cls(
             normal=histogram(num_channels=1),
-            tail_scores=jnp.full((tail_size,), -jnp.inf, jnp.float32),
-            tail_cutoff=jnp.array(-jnp.inf, jnp.float32),
+            tail_scores=state_array(-np.inf, (tail_size,), np.float32),
+            tail_cutoff=state_array(-np.inf, (), np.float32),
             anomalous=anomalous,
             num_pixels=zero,
             num_normal=zero,

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from jaxmetrics_ad import numpy_updates
 from jaxmetrics_ad.base import Metric
 from jaxmetrics_ad.buffer import ChunkedBuffer, FixedBuffer
 from jaxmetrics_ad.classification import AUROC, Thresholds, _checked_capacity, _checked_thresholds
@@ -43,6 +44,7 @@ from jaxmetrics_ad.validation import (
     check_same_shape,
     is_traced,
     per_sample,
+    state_array,
 )
 
 _BACKGROUND, _REGION = 0, 1
@@ -516,7 +518,7 @@ class RegionCurveMetric(Metric):
             )
         else:
             samples = ScoreHistogram.fixed(self.thresholds, num_channels=2, num_weights=1)
-        return RegionCurveState(samples, jnp.zeros((), jnp.int32))
+        return RegionCurveState(samples, state_array(0, (), np.int32))
 
     def _computes_on_host(self) -> bool:
         return True
@@ -597,8 +599,10 @@ class RegionCurveMetric(Metric):
         """
         if self.is_exact:
             return self._poison_if_invalid(jnp.zeros((), jnp.float32))
-        bound = jnp.asarray(_binned_error_bound(self.state, self.fpr_limit), jnp.float32)
-        return self._poison_if_invalid(bound)
+        bound = _binned_error_bound(self.state, self.fpr_limit)
+        if not is_traced(bound):  # numpy: no eager XLA op to compile
+            return self._poison_if_invalid(np.asarray(bound, np.float32))
+        return self._poison_if_invalid(bound.astype(jnp.float32))
 
     def _check_state(self) -> None:
         if self.is_exact:
@@ -731,6 +735,20 @@ class AUPRO(RegionCurveMetric):
         samples = self.state.samples.add(scores, channels, weights)
         return RegionCurveState(samples, self.state.num_regions + num_regions), num_invalid
 
+    def _updates_in_numpy(self) -> bool:
+        return not self.is_exact and not self.region_labels and self.labeller != "lax"
+
+    def _update_state_in_numpy(self, maps: np.ndarray, target: np.ndarray):
+        maps, target = _without_channel(maps), _without_channel(target)
+        scores, channels, weights, in_region, num_regions, num_invalid = (
+            numpy_updates.region_samples(maps, target)
+        )
+        samples = numpy_updates.histogram_add(
+            self.state.samples, scores, channels, weights, weighted=in_region
+        )
+        total = numpy_updates.scalar(int(self.state.num_regions) + int(num_regions), np.int32)
+        return RegionCurveState(samples, total), num_invalid
+
 
 @functools.cache
 def _binary_curve_key(thresholds: Thresholds, fields: tuple[str, ...], strict: bool) -> tuple:
@@ -741,7 +759,10 @@ def _binary_curve_key(thresholds: Thresholds, fields: tuple[str, ...], strict: b
 def _pixel_histogram(state: RegionCurveState) -> ScoreHistogram:
     """A binned AUPRO state as the pixel curve metrics keep it: its histogram, no weight row."""
     samples = state.samples
-    return samples.replace(weights=samples.weights[:0], tail_weights=samples.tail_weights[:0])
+    weights, tail_weights = samples.weights, samples.tail_weights
+    if not is_traced(weights, tail_weights):  # numpy slices: no eager XLA op to compile
+        weights, tail_weights = np.asarray(weights), np.asarray(tail_weights)
+    return samples.replace(weights=weights[:0], tail_weights=tail_weights[:0])
 
 
 def _has_background(buffer: ChunkedBuffer | FixedBuffer) -> bool:

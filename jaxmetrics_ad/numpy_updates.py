@@ -1,0 +1,547 @@
+"""numpy twins of the binned state updates, for eager updates on the CPU backend: nothing to compile.
+
+An eager update through XLA pays a compile per program and batch shape: the five-metric pixel
+suite's update measured 1.3–3 s of compile on a 2-core CPU, more than its whole warm run. On the
+CPU backend, outside any trace, the binned states (:class:`~jaxmetrics_ad.histogram.ScoreHistogram`
+with or without exact tails, the binned PIMO state, AUPRO's regions) are therefore updated here with
+numpy and ``scipy.ndimage.label``, and the states they return hold numpy arrays (jax takes them as
+they are: jit, merge, ``all_reduce`` and compute read them like jax arrays). Inside ``jax.jit``, under
+``vmap``/``shard_map`` and on GPU/TPU the XLA code runs as before, so the two paths must agree:
+
+* counts (and so every count-based value: AUROC, AUPR, F1Max, PIMO's TPRs and FPRs) are identical;
+* the bin grid (width, offset) and the exact tails (which samples, their scores, channels and
+  weights) are identical; tail slots may be in another order (readers sort them);
+* weight sums (AUPRO's 1/|region|) are summed in float32 in sample order, as XLA's scatter-add
+  sums them on CPU, so they are identical too;
+* subnormal scores are kept as they are (XLA on CPU flushes them to zero).
+
+``tests/test_numpy_updates.py`` checks each of these against the XLA path. :func:`numpy_updates`
+switches the path off (e.g. to time XLA's eager updates, or to compare).
+
+Example:
+    >>> import jaxmetrics_ad as jm
+    >>> m = jm.AUROC(thresholds=64).update([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    >>> type(m.state.counts.lo).__module__, float(m.compute())
+    ('numpy', 0.75)
+    >>> with numpy_updates(False):
+    ...     type(jm.AUROC(thresholds=64).update([0.1, 0.8], [0, 1]).state.counts.lo).__name__
+    'ArrayImpl'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from scipy import ndimage
+
+from jaxmetrics_ad.counts import WideCount
+from jaxmetrics_ad.validation import is_traced
+
+_ENABLED = [True]
+_WORD_MASK = np.uint64(0xFFFFFFFF)
+_INT32_MAX_SHIFT = 31
+_MANTISSA_BITS = 24
+# 8-connected within each image, nothing across images: one scipy call labels a whole batch
+_BATCH_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)
+_BATCH_EIGHT_CONNECTED[1] = True
+
+
+@contextlib.contextmanager
+def numpy_updates(enabled: bool) -> Iterator[None]:
+    """Within the block, eager binned updates on CPU run in numpy (``True``, the default outside
+    any block) or through XLA as inside jit (``False``).
+
+    Example:
+        >>> with numpy_updates(False):
+        ...     numpy_updates_apply()
+        False
+    """
+    _ENABLED.append(bool(enabled))
+    try:
+        yield
+    finally:
+        _ENABLED.pop()
+
+
+def numpy_updates_apply(*leaves: Any) -> bool:
+    """Whether an update of these (eager) arrays runs in numpy: enabled, CPU backend, not traced.
+
+    Example:
+        >>> numpy_updates_apply(np.zeros(2))
+        True
+    """
+    return _ENABLED[-1] and jax.default_backend() == "cpu" and not is_traced(*leaves)
+
+
+def host_arrays(tree: Any) -> Any:
+    """Every array leaf of ``tree`` as a numpy array (a view where jax allows one, on CPU).
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> type(host_arrays({"a": jnp.ones(2)})["a"]).__name__
+        'ndarray'
+    """
+    return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def scalar(value: Any, dtype: Any) -> np.ndarray:
+    """A 0-d numpy array (not a numpy scalar: jax would treat a Python number as weakly typed).
+
+    Example:
+        >>> scalar(3, np.int32).shape
+        ()
+    """
+    return np.asarray(value, dtype=dtype).reshape(())
+
+
+# -- ScoreHistogram.add ---------------------------------------------------------------------------
+
+
+def histogram_add(
+    histogram: Any,
+    scores: np.ndarray,
+    channels: np.ndarray | int,
+    weights: np.ndarray | None = None,
+    window: tuple[int, int] | None = None,
+    weighted: np.ndarray | None = None,
+) -> Any:
+    """:meth:`ScoreHistogram.add` in numpy (same arguments; ``window=(first, rows)`` of ints; an
+    int ``channels`` puts every sample in that channel; ``weighted``, when given, the indices of
+    the samples whose weights are not all zero).
+
+    Example:
+        >>> from jaxmetrics_ad.histogram import ScoreHistogram
+        >>> h = ScoreHistogram.auto(num_bins=4, num_channels=1, tail_size=2)
+        >>> h = histogram_add(h, np.array([1e9, 0.1, 0.2, 0.3, -5.0]), 0)
+        >>> sorted(h.tail_scores[:, 0].tolist()), float(h.core_max)
+        ([-5.0, 1000000000.0], 0.30000001192092896)
+    """
+    histogram = host_arrays(histogram)
+    scores = np.ravel(scores).astype(np.float32, copy=False)
+    if not isinstance(channels, int):
+        channels = np.ravel(channels).astype(np.int32, copy=False)
+    num_weights = histogram.weights.shape[0]
+    if weights is not None:
+        weights = np.reshape(weights, (num_weights, scores.shape[0])).astype(np.float32, copy=False)
+    if not num_weights:
+        weights = weighted = None
+    batch = _Samples(scores, channels, _kept(scores, channels), weights, weighted)
+    if histogram.tail_size == 0:
+        binned = _add_binned(histogram, [batch], window)
+        return binned.replace(score_min=binned.core_min, score_max=binned.core_max)
+    return _add_with_tails(histogram, batch)
+
+
+class _Samples(NamedTuple):
+    """Samples to bin: ``channels`` an int for all of them; ``kept`` None when all are kept,
+    ``weights`` (W, N) None when all are zero; ``weighted`` the samples with a non-zero weight
+    (None: found when needed)."""
+
+    scores: np.ndarray
+    channels: np.ndarray | int
+    kept: np.ndarray | None
+    weights: np.ndarray | None
+    weighted: np.ndarray | None = None
+
+    def take(self, index: np.ndarray) -> _Samples:
+        channels = self.channels if isinstance(self.channels, int) else self.channels[index]
+        kept = None if self.kept is None else self.kept[index]
+        weights = None if self.weights is None else self.weights[:, index]
+        return _Samples(self.scores[index], channels, kept, weights)
+
+    def weighted_samples(self) -> np.ndarray:
+        """The kept samples with a non-zero weight."""
+        if self.weighted is not None:
+            index = self.weighted
+        else:
+            index = np.flatnonzero(np.any(self.weights != 0, axis=0))
+        return index if self.kept is None else index[self.kept[index]]
+
+    def channel_values(self) -> np.ndarray:
+        if isinstance(self.channels, int):
+            return np.full(self.scores.shape, self.channels, np.int32)
+        return self.channels
+
+    def weight_values(self, num_weights: int) -> np.ndarray:
+        if self.weights is None:
+            return np.zeros((num_weights, self.scores.shape[0]), np.float32)
+        return self.weights
+
+
+def _kept(scores: np.ndarray, channels: np.ndarray | int) -> np.ndarray | None:
+    """Finite scores in a valid channel; None when that is all of them (two reductions, no mask)."""
+    if scores.size == 0:
+        return None
+    valid_channels = isinstance(channels, int) and channels >= 0
+    if not valid_channels and not isinstance(channels, int):
+        valid_channels = bool(channels.min() >= 0)
+    with np.errstate(invalid="ignore"):
+        finite = bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
+    if finite and valid_channels:
+        return None
+    return np.isfinite(scores) & (channels >= 0)
+
+
+def _add_with_tails(histogram, batch: _Samples) -> Any:
+    """The tailed update (see ``ScoreHistogram._with_new_tails``), with the same tails and cuts.
+
+    Every sample above the high cut is in the high tail, and the cut only rises, so only the batch
+    samples above the old cut can enter the high tail (likewise below the low cut): the K-th
+    highest score of old tails and batch together, where it matters, is that of this small pool.
+    """
+    size = histogram.tail_size
+    num_weights = histogram.weights.shape[0]
+    high_cut, low_cut = (np.float32(c) for c in histogram.tail_cuts)
+    scores = batch.scores
+    with np.errstate(invalid="ignore"):
+        beyond = scores.size and not (scores.max() <= high_cut and scores.min() >= low_cut)
+    if beyond:  # NaN scores land here too, and are left out by ``kept``
+        candidate = (scores > high_cut) | (scores < low_cut)
+        if batch.kept is not None:
+            candidate &= batch.kept
+        picked = np.flatnonzero(candidate)
+    else:
+        candidate, picked = None, np.zeros(0, np.int64)
+    old_channels = histogram.tail_channels.ravel()
+    old_real = np.flatnonzero(old_channels >= 0)
+    old = _Samples(
+        histogram.tail_scores.ravel()[old_real],
+        old_channels[old_real],
+        None,
+        histogram.tail_weights.reshape(num_weights, 2 * size)[:, old_real] if num_weights else None,
+    )
+    new = batch.take(picked)
+    pool_scores = np.concatenate([old.scores, new.scores])
+    pool = _Samples(
+        pool_scores,
+        np.concatenate([old.channel_values(), new.channel_values()]),
+        None,
+        np.concatenate([old.weight_values(num_weights), new.weight_values(num_weights)], axis=1)
+        if num_weights
+        else None,
+    )
+    count = pool_scores.shape[0]
+    if count >= size:  # else the K-th highest (lowest) is -inf (+inf): the cut stays
+        high_cut = max(high_cut, np.partition(pool_scores, count - size)[count - size])
+        low_cut = min(low_cut, np.partition(pool_scores, size - 1)[size - 1])
+    in_high = pool_scores > high_cut
+    in_low = (pool_scores < low_cut) & ~in_high
+    rest = batch if candidate is None else batch._replace(kept=_and_not(batch.kept, candidate))
+    binned = _add_binned(histogram, [pool._replace(kept=~in_high & ~in_low), rest])
+    channels, weights = pool.channel_values(), pool.weight_values(num_weights)
+
+    def tail(members: np.ndarray, descending: bool) -> tuple[np.ndarray, ...]:
+        index = np.flatnonzero(members)
+        order = np.argsort(-pool_scores[index] if descending else pool_scores[index], kind="stable")
+        index = index[order]
+        filled = index.shape[0]
+        tail_scores = np.full(size, np.nan, np.float32)
+        tail_channels = np.full(size, -1, np.int32)
+        tail_weights = np.zeros((num_weights, size), np.float32)
+        tail_scores[:filled] = pool_scores[index]
+        tail_channels[:filled] = channels[index]
+        tail_weights[:, :filled] = weights[:, index]
+        return tail_scores, tail_channels, tail_weights
+
+    high, low = tail(in_high, descending=True), tail(in_low, descending=False)
+    in_tails = pool_scores[in_high | in_low]
+    lowest = np.float32(in_tails.min()) if in_tails.size else np.float32(np.inf)
+    highest = np.float32(in_tails.max()) if in_tails.size else np.float32(-np.inf)
+    return binned.replace(
+        tail_scores=np.stack([high[0], low[0]]),
+        tail_channels=np.stack([high[1], low[1]]),
+        tail_weights=np.stack([high[2], low[2]], axis=1),
+        tail_cuts=np.array([high_cut, low_cut], np.float32),
+        score_min=scalar(min(lowest, np.float32(binned.core_min)), np.float32),
+        score_max=scalar(max(highest, np.float32(binned.core_max)), np.float32),
+    )
+
+
+def _and_not(kept: np.ndarray | None, left_out: np.ndarray) -> np.ndarray:
+    return ~left_out if kept is None else kept & ~left_out
+
+
+def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None = None) -> Any:
+    """``ScoreHistogram._add_binned`` in numpy: one widening of the grid, then one bincount per set."""
+    low, high = np.float32(histogram.core_min), np.float32(histogram.core_max)
+    for samples in sets:
+        if samples.scores.size == 0:
+            continue
+        where = True if samples.kept is None else samples.kept
+        low = min(low, np.min(samples.scores, where=where, initial=np.float32(np.inf)))
+        high = max(high, np.max(samples.scores, where=where, initial=np.float32(-np.inf)))
+    grown = _cover(histogram, np.float32(low), np.float32(high))
+    num_bins = grown.num_bins
+    first, written = (0, grown.num_channels) if window is None else window
+    overflow = written * num_bins
+    batch_counts = np.zeros(overflow + 1, np.int64)
+    summed = np.zeros(grown.weights.shape, np.float32)
+    for samples in sets:
+        if samples.scores.size == 0:
+            continue
+        bins = _bin_index(grown, samples.scores)
+        if isinstance(samples.channels, int):
+            flat = bins + np.int32((samples.channels - first) * num_bins)
+        else:
+            flat = samples.channels - np.int32(first)
+            flat *= np.int32(num_bins)
+            flat += bins
+        if samples.kept is not None:
+            flat[np.flatnonzero(~samples.kept)] = overflow
+        batch_counts += np.bincount(flat, minlength=overflow + 1)
+        if samples.weights is not None:
+            weighted = samples.weighted_samples()
+            for row in range(samples.weights.shape[0]):
+                # float32, one sample after the other: the sums XLA's scatter-add gives, bit for bit
+                np.add.at(summed[row], bins[weighted], samples.weights[row][weighted])
+    rows = slice(first, first + written)
+    batch = batch_counts[:-1].reshape(written, num_bins).astype(np.uint32)
+    lo, hi = grown.counts.lo.copy(), grown.counts.hi.copy()
+    part_lo = lo[rows] + batch
+    hi[rows] = hi[rows] + (part_lo < lo[rows]).astype(np.uint32)
+    lo[rows] = part_lo
+    new_weights = grown.weights
+    if grown.weights.shape[0]:
+        new_weights = grown.weights + summed
+    return grown.replace(counts=WideCount(lo=lo, hi=hi), weights=new_weights)
+
+
+def _bin_index(histogram, scores: np.ndarray) -> np.ndarray:
+    """Each score's bin (int32); any value where the score is not finite (such samples are not kept).
+
+    Kept scores lie on the grid, whose cells are integers below 2**24 in magnitude (the grid is
+    never finer than float32 resolves), so the offset is subtracted exactly in float32.
+    """
+    if histogram.edges is not None:
+        edges = np.asarray(histogram.edges, np.float32)
+        return np.searchsorted(edges, scores, side="right").astype(np.int32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cell = np.multiply(scores, _power_of_two(-int(histogram.exponent)), dtype=np.float32)
+        np.floor(cell, out=cell)
+        cell -= np.float32(int(histogram.offset))
+        np.clip(cell, 0, histogram.num_bins - 1, out=cell)
+        return cell.astype(np.int32)
+
+
+def _power_of_two(exponent: int) -> np.float32:
+    return np.float32(np.ldexp(np.float32(1.0), exponent))
+
+
+def _binary_exponent(value: np.float32) -> int:
+    return int(np.frexp(np.float32(value))[1]) if np.isfinite(value) else 0
+
+
+def _fit_grid(low: np.float32, high: np.float32, min_exponent: int, num_bins: int) -> tuple:
+    """``histogram._fit_grid`` in numpy float32 arithmetic: the same exponent and offset."""
+    if low > high:
+        return 0, 0
+    magnitude = max(abs(low), abs(high))
+    floor_exponent = _binary_exponent(max(magnitude, np.float32(2.0**-100))) - _MANTISSA_BITS
+    with np.errstate(over="ignore"):
+        span = np.float32(np.float32(high - low) / np.float32(num_bins - 1))
+    span_exponent = _binary_exponent(max(span, np.float32(2.0**-126)))
+    exponent = max(span_exponent - 1, floor_exponent, min_exponent)
+
+    def fits(exponent: int) -> bool:
+        scale = _power_of_two(-exponent)
+        return np.floor(high * scale) - np.floor(low * scale) <= num_bins - 1
+
+    for _ in range(2):  # the guess is at most two doublings short
+        exponent = exponent if fits(exponent) else exponent + 1
+    return exponent, int(np.floor(low * _power_of_two(-exponent)))
+
+
+def _cover(histogram, low: np.float32, high: np.float32) -> Any:
+    """``ScoreHistogram._cover`` in numpy: re-binned onto the finest grid covering [low, high]."""
+    if histogram.edges is not None:
+        return histogram.replace(
+            core_min=scalar(low, np.float32), core_max=scalar(high, np.float32)
+        )
+    empty = bool(histogram.core_min > histogram.core_max)
+    old_exponent, old_offset = int(histogram.exponent), int(histogram.offset)
+    exponent, offset = _fit_grid(low, high, -1000 if empty else old_exponent, histogram.num_bins)
+    counts, weights = histogram.counts, histogram.weights
+    if not empty and (exponent, offset) != (old_exponent, old_offset):
+        num_bins = histogram.num_bins
+        shift = min(max(exponent - old_exponent, 0), _INT32_MAX_SHIFT)
+        target = ((old_offset + np.arange(num_bins, dtype=np.int64)) >> shift) - offset
+        inside = (target >= 0) & (target < num_bins)
+        target = target[inside]
+
+        starts = np.flatnonzero(np.diff(target, prepend=-1))  # ``target`` never decreases
+        whole = target.shape[0] == starts.shape[0]
+
+        def move(values: np.ndarray) -> np.ndarray:  # added in the dtype of ``values``, in order
+            moved = np.zeros_like(values)
+            kept = values[:, inside]
+            moved[:, target[starts]] = kept if whole else np.add.reduceat(kept, starts, axis=1)
+            return moved
+
+        totals = counts.lo.astype(np.uint64) + (counts.hi.astype(np.uint64) << np.uint64(32))
+        moved = move(totals)
+        counts = WideCount(
+            lo=(moved & _WORD_MASK).astype(np.uint32), hi=(moved >> np.uint64(32)).astype(np.uint32)
+        )
+        weights = move(weights)
+    return histogram.replace(
+        counts=counts,
+        weights=weights,
+        exponent=scalar(exponent, np.int32),
+        offset=scalar(offset, np.int32),
+        core_min=scalar(low, np.float32),
+        core_max=scalar(high, np.float32),
+    )
+
+
+# -- per-metric samples ---------------------------------------------------------------------------
+
+
+def bool_values(values: np.ndarray) -> np.ndarray:
+    """Bools as 0/1 from their byte (a True stored as 0xFF is 1); other dtypes unchanged.
+
+    Example:
+        >>> bool_values(np.array([0, 255], np.uint8).view(bool)).tolist()
+        [0, 1]
+    """
+    return (values.view(np.uint8) != 0).astype(np.int32) if values.dtype == np.bool_ else values
+
+
+def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`jaxmetrics_ad.validation.binary_channel` in numpy (no ``keep``).
+
+    Example:
+        >>> channel, invalid = binary_channel(np.array([0.5, np.inf]), np.array([1, 0]))
+        >>> channel.tolist(), int(invalid)
+        ([1, -1], 1)
+    """
+    labels = bool_values(np.asarray(labels))
+    valid = np.isfinite(scores) & ((labels == 0) | (labels == 1))
+    channel = np.where(valid, labels, -1).astype(np.int32)
+    return channel, scalar(np.count_nonzero(~valid), np.int32)
+
+
+def region_samples(maps: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
+    """AUPRO's binned pixel samples of a batch (N, H, W) of binary masks, in numpy: scores,
+    channels (0 background, 1 region, -1 non-finite), the 1/|region| weight row, the region
+    pixels' indices, the region count and the invalid-value count (as ``pro._pixel_samples``
+    with ``exact=False``).
+
+    Example:
+        >>> masks = np.array([[[1, 0, 1], [0, 0, 1]]])
+        >>> _, channels, weights, _, regions, invalid = region_samples(np.ones((1, 2, 3)), masks)
+        >>> channels.tolist(), weights[0].tolist(), int(regions), int(invalid)
+        ([1, 0, 1, 0, 0, 1], [1.0, 0.0, 0.5, 0.0, 0.0, 0.5], 2, 0)
+    """
+    target = np.reshape(target, (-1, *target.shape[-2:]))
+    if target.dtype == np.bool_:
+        foreground, invalid = target.view(np.uint8) != 0, 0
+    else:
+        foreground = target != 0
+        invalid = np.count_nonzero(foreground & (target != 1))
+    labels, num_regions = ndimage.label(foreground, structure=_BATCH_EIGHT_CONNECTED)
+    in_region = np.flatnonzero(foreground)
+    region_of = labels.ravel()[in_region]
+    region_sizes = np.bincount(region_of, minlength=num_regions + 1).astype(np.float32)
+    weights = np.zeros((1, foreground.size), np.float32)
+    weights[0, in_region] = np.float32(1.0) / region_sizes[region_of]
+    scores = np.ravel(maps).astype(np.float32, copy=False)
+    channels = foreground.ravel().astype(np.int32)
+    with np.errstate(invalid="ignore"):
+        finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
+    num_invalid = invalid
+    if not finite:
+        not_finite = ~np.isfinite(scores)
+        channels[not_finite] = -1
+        num_invalid += np.count_nonzero(not_finite)
+    regions, invalid = scalar(num_regions, np.int32), scalar(num_invalid, np.int32)
+    return scores, channels, weights, in_region, regions, invalid
+
+
+# -- BinnedCurves.add -----------------------------------------------------------------------------
+
+
+def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[Any, np.ndarray]:
+    """:meth:`jaxmetrics_ad.pimo_binned.BinnedCurves.add` in numpy (no ``keep``): the state and
+    the number of invalid pixels.
+
+    Example:
+        >>> from jaxmetrics_ad.pimo_binned import BinnedCurves
+        >>> maps, masks = np.array([[[0.1, 0.2]], [[0.3, 0.9]]]), np.array([[[0, 0]], [[0, 1]]])
+        >>> state, invalid = binned_curves_add(BinnedCurves.empty(64, None, 4), maps, masks)
+        >>> int(state.num_normal), int(state.num_anomalous), state.tail_scores.tolist()
+        (1, 1, [0.10000000149011612, 0.20000000298023224, -inf, -inf])
+    """
+    from jaxmetrics_ad.pimo_binned import lowest_fitting_edge
+
+    state = host_arrays(state)
+    num_images = maps.shape[0]
+    num_pixels = math.prod(maps.shape[1:])
+    scores = np.reshape(maps, (num_images, num_pixels)).astype(np.float32, copy=False)
+    labels = np.reshape(masks, (num_images, num_pixels))
+    if labels.dtype == np.bool_:
+        positive, readable = labels.view(np.uint8) != 0, None
+    else:
+        positive = labels == 1
+        readable = positive | (labels == 0)
+    with np.errstate(invalid="ignore"):
+        finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
+    if not finite:
+        readable = np.isfinite(scores) if readable is None else readable & np.isfinite(scores)
+    if readable is not None and readable.all():
+        readable = None
+    if int(state.num_pixels) not in (0, num_pixels):  # the whole batch is left out, and counted
+        return state, scalar(scores.size, np.int32)
+    is_anomalous = np.any(positive, axis=1)  # a mask pixel makes the image anomalous, as in jax
+    if readable is not None:
+        positive &= readable
+    normal_rows = np.flatnonzero(~is_anomalous)
+    normal_scores = scores[normal_rows]
+    normal_kept = None if readable is None else readable[normal_rows]
+    normal_channels = 0 if normal_kept is None else np.where(normal_kept, 0, -1)
+    normal = histogram_add(state.normal, normal_scores, normal_channels)
+    cutoff = max(
+        np.float32(state.tail_cutoff),
+        np.float32(lowest_fitting_edge(normal, state.tail_size, np)),
+    )
+    old_tail = state.tail_scores[np.isfinite(state.tail_scores) & (state.tail_scores >= cutoff)]
+    with np.errstate(invalid="ignore"):
+        entering = normal_scores >= cutoff  # NaN compares False
+    if normal_kept is not None:
+        entering &= normal_kept
+    tail = np.full(state.tail_size, -np.inf, np.float32)
+    joined = np.concatenate([old_tail, normal_scores[entering]])[: state.tail_size]
+    tail[: joined.shape[0]] = joined
+    in_masks = np.flatnonzero(positive)
+    image_of = in_masks // num_pixels
+    mask_scores = scores.ravel()[in_masks]
+    if state.capacity is None:
+        mask_sizes = np.bincount(image_of, minlength=num_images).astype(np.float32)
+        weights = (np.float32(1.0) / mask_sizes[image_of])[None, :]
+        anomalous = histogram_add(state.anomalous, mask_scores, 0, weights)
+    else:
+        slots = int(state.num_images) + image_of
+        stored = np.flatnonzero(slots < state.capacity)
+        window = None
+        if num_images <= state.capacity:
+            window = (min(max(int(state.num_images), 0), state.capacity - num_images), num_images)
+        anomalous = histogram_add(
+            state.anomalous, mask_scores[stored], slots[stored].astype(np.int32), window=window
+        )
+    num_anomalous = int(np.count_nonzero(is_anomalous))
+    updated = state.replace(
+        normal=normal,
+        tail_scores=tail,
+        tail_cutoff=scalar(cutoff, np.float32),
+        anomalous=anomalous,
+        num_pixels=scalar(num_pixels, np.int32),
+        num_normal=scalar(int(state.num_normal) + num_images - num_anomalous, np.int32),
+        num_anomalous=scalar(int(state.num_anomalous) + num_anomalous, np.int32),
+        num_images=scalar(int(state.num_images) + num_images, np.int32),
+    )
+    invalid = 0 if readable is None else np.count_nonzero(~readable)
+    return updated, scalar(invalid, np.int32)

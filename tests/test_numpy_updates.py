@@ -1,0 +1,174 @@
+"""The eager numpy updates (CPU) give the states the XLA updates give: see jaxmetrics_ad.numpy_updates."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxmetrics_ad as jm
+from jaxmetrics_ad import numpy_updates
+from jaxmetrics_ad.histogram import ScoreHistogram
+from jaxmetrics_ad.numpy_updates import histogram_add
+from jaxmetrics_ad.numpy_updates import numpy_updates as use_numpy
+from jaxmetrics_ad.synthetic import make_category
+
+
+def _tail_multiset(histogram, row: int) -> list[tuple]:
+    scores = np.asarray(histogram.tail_scores[row])
+    channels = np.asarray(histogram.tail_channels[row])
+    weights = np.asarray(histogram.tail_weights[:, row])
+    real = channels >= 0
+    return sorted(
+        (float(s), int(c), *np.round(w, 7).tolist())
+        for s, c, w in zip(scores[real], channels[real], weights[:, real].T)
+    )
+
+
+def _assert_same_histogram(mine, theirs, exact_weights: bool = True) -> None:
+    """Same grid, counts and tails; the same weight sums (bit for bit with ``exact_weights``: when
+    tail samples return to the bins, the two paths add them in another order)."""
+    for name in ("exponent", "offset", "core_min", "core_max", "score_min", "score_max"):
+        assert np.asarray(getattr(mine, name)) == np.asarray(getattr(theirs, name)), name
+    np.testing.assert_array_equal(np.asarray(mine.counts.lo), np.asarray(theirs.counts.lo))
+    np.testing.assert_array_equal(np.asarray(mine.counts.hi), np.asarray(theirs.counts.hi))
+    if exact_weights:
+        np.testing.assert_array_equal(np.asarray(mine.weights), np.asarray(theirs.weights))
+    else:
+        np.testing.assert_allclose(np.asarray(mine.weights), np.asarray(theirs.weights), rtol=1e-6)
+    if mine.tail_size:
+        np.testing.assert_array_equal(np.asarray(mine.tail_cuts), np.asarray(theirs.tail_cuts))
+        for row in (0, 1):
+            assert _tail_multiset(mine, row) == _tail_multiset(theirs, row)
+
+
+def _batches(seed: int, count: int, size: int) -> list[tuple[np.ndarray, ...]]:
+    """Scores with ties, far outliers, NaN/inf, left-out channels, and a drifting range."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for step in range(count):
+        scores = np.round(rng.normal(step * 0.3, 1.0 + step, size), 2).astype(np.float32)
+        scores[rng.integers(0, size, 3)] = rng.choice([1e9, -1e7, np.nan, np.inf], 3)
+        channels = rng.integers(-1, 2, size).astype(np.int32)
+        weights = rng.random((1, size)).astype(np.float32)
+        batches.append((scores, channels, weights))
+    return batches
+
+
+@pytest.mark.parametrize("tail_size", [0, 1, 8, 64])
+@pytest.mark.parametrize("size", [5, 40, 3000])
+def test_histogram_add_matches_the_xla_update(tail_size, size):
+    mine = ScoreHistogram.auto(num_bins=32, num_channels=2, num_weights=1, tail_size=tail_size)
+    theirs = mine
+    for scores, channels, weights in _batches(size + tail_size, 6, size):
+        mine = histogram_add(mine, scores, channels, weights)
+        theirs = theirs.add(jnp.asarray(scores), jnp.asarray(channels), jnp.asarray(weights))
+        _assert_same_histogram(mine, theirs, exact_weights=tail_size == 0)
+
+
+def test_histogram_add_with_fixed_edges_and_a_window_matches_the_xla_update():
+    fixed = ScoreHistogram.fixed([-1.0, 0.0, 0.5, 2.0], num_channels=2)
+    windowed = ScoreHistogram.auto(num_bins=16, num_channels=6)
+    for scores, channels, _ in _batches(3, 4, 500):
+        _assert_same_histogram(histogram_add(fixed, scores, channels), fixed.add(scores, channels))
+        rows = np.where(channels >= 0, channels + 2, -1)
+        _assert_same_histogram(
+            histogram_add(windowed, scores, rows, window=(2, 2)),
+            windowed.add(scores, rows, window=(jnp.int32(2), 2)),
+        )
+
+
+def _pixel_suite(**aupimo):
+    fields = ("anomaly_map", "gt_mask")
+    return [
+        jm.AUROC(thresholds=jm.DEFAULT_NUM_BINS, fields=fields),
+        jm.AUPR(thresholds=jm.DEFAULT_NUM_BINS, fields=fields),
+        jm.F1Max(thresholds=jm.DEFAULT_NUM_BINS, fields=fields),
+        jm.AUPRO(thresholds=jm.DEFAULT_NUM_BINS),
+        jm.AUPIMO(thresholds=1024, fpr_bounds=(1e-3, 1e-2), **aupimo),
+    ]
+
+
+def _evaluate(metrics, data, batch: int):
+    evaluator = jm.Evaluator(test_metrics=metrics)
+    for start in range(0, len(data.gt_masks), batch):
+        part = slice(start, start + batch)
+        evaluator = evaluator.update(
+            {"anomaly_map": data.anomaly_maps[part], "gt_mask": data.gt_masks[part]}
+        )
+    return evaluator
+
+
+@pytest.mark.parametrize("aupimo", [{"capacity": 40}, {}])
+def test_the_pixel_suite_gives_the_values_of_the_xla_updates(aupimo):
+    data = make_category(num_normal=12, num_anomalous=24, size=(48, 40), seed=4)
+    mine = _evaluate(_pixel_suite(**aupimo), data, batch=7)
+    with use_numpy(False):
+        theirs = _evaluate(_pixel_suite(**aupimo), data, batch=7)
+    assert type(mine.metrics()["AUROC"].state.counts.lo) is np.ndarray
+    assert isinstance(theirs.metrics()["AUROC"].state.counts.lo, jax.Array)
+    for name, value in theirs.compute().items():
+        np.testing.assert_allclose(np.asarray(mine.compute()[name]), value, atol=1e-6, err_msg=name)
+    pro_mine, pro_theirs = mine.metrics()["AUPRO"].state, theirs.metrics()["AUPRO"].state
+    assert int(pro_mine.num_regions) == int(pro_theirs.num_regions)
+    _assert_same_histogram(pro_mine.samples, pro_theirs.samples, exact_weights=False)
+    pimo_mine, pimo_theirs = mine.metrics()["AUPIMO"].state, theirs.metrics()["AUPIMO"].state
+    _assert_same_histogram(pimo_mine.normal, pimo_theirs.normal)
+    _assert_same_histogram(pimo_mine.anomalous, pimo_theirs.anomalous)
+    np.testing.assert_array_equal(
+        np.asarray(pimo_mine.tail_scores), np.asarray(pimo_theirs.tail_scores)
+    )
+    for name in ("tail_cutoff", "num_pixels", "num_normal", "num_anomalous", "num_images"):
+        assert np.asarray(getattr(pimo_mine, name)) == np.asarray(getattr(pimo_theirs, name))
+
+
+def test_the_pixel_suite_compiles_nothing_eagerly_on_cpu():
+    compiles = []
+
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    data = make_category(num_normal=3, num_anomalous=5, size=(37, 29), seed=9)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        evaluator = _evaluate(_pixel_suite(capacity=8), data, batch=3)
+        values = {name: float(value) for name, value in evaluator.compute().items()}
+        bounds = [float(np.nanmax(m.error_bound())) for m in evaluator.metrics().values()]
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert all(np.isfinite(v) for v in values.values()) and all(b >= 0 for b in bounds)
+
+
+def test_valid_leaves_out_the_same_images_in_numpy():
+    data = make_category(num_normal=4, num_anomalous=6, size=(20, 24), seed=2)
+    valid = np.arange(10) % 3 != 1
+    for metric in (
+        jm.AUPRO(thresholds=64),
+        jm.AUPIMO(thresholds=64, capacity=10, fpr_bounds=(1e-2, 1e-1)),
+    ):
+        mine = metric.update(data.anomaly_maps, data.gt_masks, valid=valid)
+        with use_numpy(False):
+            theirs = metric.update(data.anomaly_maps, data.gt_masks, valid=valid)
+        np.testing.assert_allclose(np.asarray(mine.compute()), theirs.compute(), atol=1e-6)
+
+
+def test_a_numpy_state_continues_under_jit_as_an_xla_one():
+    rng = np.random.default_rng(0)
+    first, second = rng.random(500).astype(np.float32), rng.random(500).astype(np.float32)
+    labels = (rng.random(500) > 0.7).astype(np.int32)
+    metric = jm.AUROC(thresholds=64)
+    mine = jax.jit(lambda m, s, y: m.update(s, y))(metric.update(first, labels), second, labels)
+    with use_numpy(False):
+        theirs = metric.update(first, labels).update(second, labels)
+    assert float(mine.compute()) == float(theirs.compute())
+    _assert_same_histogram(mine.state, theirs.state)
+
+
+def test_the_switch_is_scoped():
+    assert numpy_updates.numpy_updates_apply()
+    with use_numpy(False):
+        assert not numpy_updates.numpy_updates_apply()
+        with use_numpy(True):
+            assert numpy_updates.numpy_updates_apply()
+    assert numpy_updates.numpy_updates_apply()
