@@ -296,10 +296,9 @@ class Evaluator:
 
     def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]
-        in_numpy = eager and _all_in_numpy(metrics, plan)  # then nothing to compile or pad
-        together = (
-            _in_one_program(metrics, plan) if valid is None and eager and not in_numpy else ()
-        )
+        # the states that update in numpy (eager, CPU) have nothing to compile or pad
+        in_numpy = eager and numpy_updates_apply()
+        together = _in_one_program(metrics, plan, in_numpy) if valid is None and eager else ()
         if not together:
             updated = _apply_shared(metrics, plan, lambda _, m: m.update_from(batch, valid=valid))
             return self._with(self._replace_stage(index, updated))
@@ -494,19 +493,19 @@ def _converted_fields(batch: Any, metrics: Sequence[Metric]) -> dict[str, Any]:
     return converted
 
 
-def _in_one_program(metrics: tuple[Metric, ...], plan: tuple[int, ...]) -> tuple[int, ...]:
+def _in_one_program(
+    metrics: tuple[Metric, ...], plan: tuple[int, ...], in_numpy: bool = False
+) -> tuple[int, ...]:
     """Positions of the metrics an eager update runs in one padded program: those whose state
-    (their leader's) has a fixed size and can leave padded images out."""
+    (their leader's) has a fixed size and can leave padded images out, and does not update in
+    numpy (``in_numpy``: eagerly on CPU, see ``numpy_updates``)."""
     return tuple(
         i
         for i in range(len(metrics))
-        if metrics[plan[i]].masks_samples and not metrics[plan[i]]._state_grows()
+        if metrics[plan[i]].masks_samples
+        and not metrics[plan[i]]._state_grows()
+        and not (in_numpy and metrics[plan[i]]._updates_in_numpy())
     )
-
-
-def _all_in_numpy(metrics: tuple[Metric, ...], plan: tuple[int, ...]) -> bool:
-    """Whether every state of the stage updates in numpy (eager, CPU; see ``numpy_updates``)."""
-    return numpy_updates_apply() and all(metrics[leader]._updates_in_numpy() for leader in plan)
 
 
 def _restricted(
