@@ -12,7 +12,8 @@ they are: jit, merge, ``all_reduce`` and compute read them like jax arrays). Ins
 * the bin grid (width, offset) and the exact tails (which samples, their scores, channels and
   weights) are identical; tail slots may be in another order (readers sort them);
 * weight sums (AUPRO's 1/|region|) are summed in float32 in sample order, as XLA's scatter-add
-  sums them on CPU, so they are identical too;
+  sums them on CPU, so they are identical too, except when exact-tail samples return to the bins
+  (the two paths add those in another order: float32 rounding);
 * subnormal scores are kept as they are (XLA on CPU flushes them to zero).
 
 ``tests/test_numpy_updates.py`` checks each of these against the XLA path. :func:`numpy_updates`
@@ -205,6 +206,15 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
         if batch.kept is not None:
             candidate &= batch.kept
         picked = np.flatnonzero(candidate)
+        # e.g. the first batch (cuts at -inf/+inf): only its K highest and K lowest can enter
+        if picked.shape[0] > 4 * size:
+            values = scores[picked]
+            count = values.shape[0]
+            top = np.partition(values, count - size)[count - size]
+            bottom = np.partition(values, size - 1)[size - 1]
+            picked = picked[(values >= top) | (values <= bottom)]
+            candidate = np.zeros(scores.shape, bool)
+            candidate[picked] = True
     else:
         candidate, picked = None, np.zeros(0, np.int64)
     old_channels = histogram.tail_channels.ravel()
