@@ -464,10 +464,18 @@ class Metric:
             state, num_invalid = self._update_state(*arrays)
         else:
             state, num_invalid = self._update_state(*arrays, valid=valid)
+        if is_traced(self.num_updates, self.num_invalid, num_invalid):
+            return self._replace(
+                state=state,
+                num_updates=self.num_updates + 1,
+                num_invalid=_saturating_add(self.num_invalid, num_invalid),
+            )
+        # eager (e.g. a growing state's update): the counters in numpy, no XLA op to compile
+        total = min(int(self.num_invalid) + int(num_invalid), int(_INT32_MAX))
         return self._replace(
             state=state,
-            num_updates=self.num_updates + 1,
-            num_invalid=_saturating_add(self.num_invalid, num_invalid),
+            num_updates=scalar(int(self.num_updates) + 1, np.int32),
+            num_invalid=scalar(total, np.int32),
         )
 
     def _state_grows(self) -> bool:

@@ -21,9 +21,11 @@ from typing import ClassVar
 import flax.serialization
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.counts import running_count
+from jaxmetrics_ad.validation import state_array
 
 
 def _as_batch(
@@ -164,10 +166,10 @@ class FixedBuffer(struct.PyTreeNode):
         if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
             raise ValueError(f"capacity must be a positive int or None, got {capacity!r}")
         return cls(
-            scores=jnp.zeros((capacity,), jnp.float32),
-            channels=jnp.full((capacity,), -1, jnp.int8),
-            weights=jnp.zeros((num_weights, capacity), jnp.float32),
-            count=jnp.zeros((), jnp.int32),
+            scores=state_array(0, (capacity,), np.float32),
+            channels=state_array(-1, (capacity,), np.int8),
+            weights=state_array(0, (num_weights, capacity), np.float32),
+            count=state_array(0, (), np.int32),
         )
 
     @property

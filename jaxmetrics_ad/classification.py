@@ -221,12 +221,15 @@ class ScoreCurveMetric(Metric):
 
     def _updates_in_numpy(self) -> bool:
         return (
-            isinstance(self.state, ScoreHistogram)
+            isinstance(self.state, (ScoreHistogram, FixedBuffer))
             and type(self)._update_state is ScoreCurveMetric._update_state
+            and self.state.weights.shape[0] == 0
         )
 
     def _update_state_in_numpy(self, preds: np.ndarray, target: np.ndarray):
         channel, num_invalid = numpy_updates.binary_channel(preds, target)
+        if isinstance(self.state, FixedBuffer):
+            return numpy_updates.fixed_buffer_add(self.state, preds, channel), num_invalid
         return numpy_updates.histogram_add(self.state, preds, channel), num_invalid
 
     @state_reader
@@ -264,6 +267,9 @@ class ScoreCurveMetric(Metric):
             keep = channels >= 0
             return np.float32(reader(exact_counts(scores[keep], channels[keep])))
 
+        if not is_traced(scores, channels):  # numpy: no eager XLA op to compile
+            value = host(np.asarray(scores), np.asarray(channels))
+            return np.float32(np.nan) if bool(self.state.overflowed()) else value
         value = on_host(host, jax.ShapeDtypeStruct((), jnp.float32), scores, channels)
         return jnp.where(self.state.overflowed(), jnp.nan, value)
 
@@ -572,10 +578,13 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
     def _compute(self) -> jax.Array:
         threshold = self._best_f1(1)
         lowest, highest, has_negatives, has_positives = self._score_range_and_classes()
-        threshold = jnp.where(has_positives, threshold, highest)
-        threshold = jnp.where(has_negatives, threshold, lowest)
+        overflowed = self._overflowed()
+        parts = (threshold, lowest, highest, has_negatives, has_positives, overflowed)
+        xp = jnp if is_traced(*parts) else np  # numpy: no eager XLA op to compile
+        threshold = xp.where(has_positives, threshold, highest)
+        threshold = xp.where(has_negatives, threshold, lowest)
         # the fallbacks above must not hide a value that is undefined for another reason
-        return jnp.where(self._overflowed(), jnp.nan, threshold)
+        return xp.where(overflowed, np.float32(np.nan), threshold).astype(np.float32)
 
     @state_reader
     def threshold_bound(self) -> jax.Array:
@@ -626,12 +635,14 @@ class F1AdaptiveThreshold(ScoreCurveMetric):
                 lowest, highest = self.state.score_min, self.state.score_max
             return lowest, highest, negatives > 0, positives > 0
         scores, channels, _ = self.state.arrays()
+        xp = jnp if is_traced(scores, channels) else np  # numpy: no eager XLA op to compile
+        scores, channels = xp.asarray(scores), xp.asarray(channels)
         kept = channels >= 0
         return (
-            jnp.min(jnp.where(kept, scores, jnp.inf), initial=jnp.inf),
-            jnp.max(jnp.where(kept, scores, -jnp.inf), initial=-jnp.inf),
-            jnp.any(channels == 0),
-            jnp.any(channels == 1),
+            xp.min(xp.where(kept, scores, np.float32(np.inf)), initial=np.float32(np.inf)),
+            xp.max(xp.where(kept, scores, np.float32(-np.inf)), initial=np.float32(-np.inf)),
+            xp.any(channels == 0),
+            xp.any(channels == 1),
         )
 
 

@@ -47,6 +47,8 @@ _ENABLED = [True]
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _INT32_MAX_SHIFT = 31
 _MANTISSA_BITS = 24
+_CHUNK = 1 << 17  # samples binned at a time: a float32 chunk and its slots fit in a core's L2
+_FLOAT_SLOTS = 1 << _MANTISSA_BITS  # slots below this are exact in float32
 # 8-connected within each image, nothing across images: one scipy call labels a whole batch
 _BATCH_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)
 _BATCH_EIGHT_CONNECTED[1] = True
@@ -210,8 +212,8 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
         if picked.shape[0] > 4 * size:
             values = scores[picked]
             count = values.shape[0]
-            top = np.partition(values, count - size)[count - size]
-            bottom = np.partition(values, size - 1)[size - 1]
+            parted = np.partition(values, (size - 1, count - size))
+            bottom, top = parted[size - 1], parted[count - size]
             picked = picked[(values >= top) | (values <= bottom)]
             candidate = np.zeros(scores.shape, bool)
             candidate[picked] = True
@@ -280,35 +282,28 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
     """``ScoreHistogram._add_binned`` in numpy: one widening of the grid, then one bincount per set."""
     low, high = np.float32(histogram.core_min), np.float32(histogram.core_max)
     for samples in sets:
-        if samples.scores.size == 0:
-            continue
-        where = True if samples.kept is None else samples.kept
-        low = min(low, np.min(samples.scores, where=where, initial=np.float32(np.inf)))
-        high = max(high, np.max(samples.scores, where=where, initial=np.float32(-np.inf)))
+        if samples.scores.size:
+            set_low, set_high = _kept_range(samples)
+            low, high = min(low, set_low), max(high, set_high)
     grown = _cover(histogram, np.float32(low), np.float32(high))
     num_bins = grown.num_bins
     first, written = (0, grown.num_channels) if window is None else window
     overflow = written * num_bins
     batch_counts = np.zeros(overflow + 1, np.int64)
     summed = np.zeros(grown.weights.shape, np.float32)
+    # in chunks that stay in the cache: a pass over a chunk costs a fraction of one over the batch,
+    # and the chunks' buffers are reused instead of fresh pages being faulted in for each batch
+    chunk = max(_CHUNK, 4 * (overflow + 1))
     for samples in sets:
-        if samples.scores.size == 0:
-            continue
-        bins = _bin_index(grown, samples.scores)
-        if isinstance(samples.channels, int):
-            flat = bins + np.int32((samples.channels - first) * num_bins)
-        else:
-            flat = samples.channels - np.int32(first)
-            flat *= np.int32(num_bins)
-            flat += bins
-        if samples.kept is not None:
-            flat[np.flatnonzero(~samples.kept)] = overflow
-        batch_counts += np.bincount(flat, minlength=overflow + 1)
-        if samples.weights is not None:
+        for part in _chunks(samples, chunk):
+            flat = _flat_index(grown, part, first, overflow)
+            batch_counts += np.bincount(flat, minlength=overflow + 1)
+        if samples.weights is not None and samples.scores.size:
             weighted = samples.weighted_samples()
+            bins = _bin_index(grown, samples.scores[weighted])
             for row in range(samples.weights.shape[0]):
                 # float32, one sample after the other: the sums XLA's scatter-add gives, bit for bit
-                np.add.at(summed[row], bins[weighted], samples.weights[row][weighted])
+                np.add.at(summed[row], bins, samples.weights[row][weighted])
     rows = slice(first, first + written)
     batch = batch_counts[:-1].reshape(written, num_bins).astype(np.uint32)
     lo, hi = grown.counts.lo.copy(), grown.counts.hi.copy()
@@ -321,6 +316,59 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
     return grown.replace(counts=WideCount(lo=lo, hi=hi), weights=new_weights)
 
 
+def _chunks(samples: _Samples, size: int) -> Iterator[_Samples]:
+    """The samples in consecutive slices of ``size`` (views; weights left out)."""
+    for start in range(0, samples.scores.shape[0], size):
+        part = slice(start, start + size)
+        channels = samples.channels
+        yield _Samples(
+            samples.scores[part],
+            channels if isinstance(channels, int) else channels[part],
+            None if samples.kept is None else samples.kept[part],
+            None,
+        )
+
+
+def _kept_range(samples: _Samples) -> tuple[np.float32, np.float32]:
+    """(min, max) of the kept scores ((inf, -inf) when none is kept)."""
+    scores = samples.scores
+    if samples.kept is None:
+        return scores.min(), scores.max()
+    lowest = np.min(scores, where=samples.kept, initial=np.float32(np.inf))
+    highest = np.max(scores, where=samples.kept, initial=np.float32(-np.inf))
+    return np.float32(lowest), np.float32(highest)
+
+
+def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.ndarray:
+    """Each sample's slot ``(channel - first) * num_bins + bin`` as intp (what ``np.bincount``
+    reads without a copy), ``overflow`` for the samples not kept.
+
+    On an auto-ranging grid whose slots are below 2**24, the slot is computed in float32, where
+    every such integer is exact.
+    """
+    num_bins = histogram.num_bins
+    channels = samples.channels
+    if histogram.edges is not None or overflow >= _FLOAT_SLOTS:
+        flat = _bin_index(histogram, samples.scores).astype(np.intp)
+        if isinstance(channels, int):
+            flat += (channels - first) * num_bins
+        else:
+            flat += (channels.astype(np.intp) - first) * num_bins
+        if samples.kept is not None:
+            flat[~samples.kept] = overflow
+        return flat
+    cell = _cell(histogram, samples.scores)
+    if isinstance(channels, int):
+        cell += np.float32((channels - first) * num_bins)
+    else:
+        cell += np.multiply(channels, np.float32(num_bins), dtype=np.float32)
+        if first:
+            cell -= np.float32(first * num_bins)
+    if samples.kept is not None:
+        cell[~samples.kept] = np.float32(overflow)
+    return cell.astype(np.intp)
+
+
 def _bin_index(histogram, scores: np.ndarray) -> np.ndarray:
     """Each score's bin (int32); any value where the score is not finite (such samples are not kept).
 
@@ -330,12 +378,18 @@ def _bin_index(histogram, scores: np.ndarray) -> np.ndarray:
     if histogram.edges is not None:
         edges = np.asarray(histogram.edges, np.float32)
         return np.searchsorted(edges, scores, side="right").astype(np.int32)
+    with np.errstate(invalid="ignore"):
+        return _cell(histogram, scores).astype(np.int32)
+
+
+def _cell(histogram, scores: np.ndarray) -> np.ndarray:
+    """Each score's bin on the auto-ranging grid, as float32 (NaN where the score is NaN)."""
     with np.errstate(invalid="ignore", over="ignore"):
         cell = np.multiply(scores, _power_of_two(-int(histogram.exponent)), dtype=np.float32)
         np.floor(cell, out=cell)
         cell -= np.float32(int(histogram.offset))
         np.clip(cell, 0, histogram.num_bins - 1, out=cell)
-        return cell.astype(np.int32)
+        return cell
 
 
 def _power_of_two(exponent: int) -> np.float32:
@@ -408,6 +462,36 @@ def _cover(histogram, low: np.float32, high: np.float32) -> Any:
     )
 
 
+# -- FixedBuffer.add -------------------------------------------------------------------------------
+
+
+def fixed_buffer_add(buffer: Any, scores: np.ndarray, channels: np.ndarray) -> Any:
+    """:meth:`jaxmetrics_ad.buffer.FixedBuffer.add` in numpy, without weights: the kept samples
+    (finite, channel >= 0) written after those held, in order (the caller checked the room).
+
+    Example:
+        >>> from jaxmetrics_ad.buffer import FixedBuffer
+        >>> b = fixed_buffer_add(FixedBuffer.empty(4), np.array([0.3, 0.7, 0.1]), np.array([0, -1, 1]))
+        >>> b.arrays()[1].tolist(), int(b.count)
+        ([0, 1, -1, -1], 2)
+    """
+    buffer = host_arrays(buffer)
+    scores = np.ravel(scores).astype(np.float32, copy=False)
+    channels = np.ravel(channels)
+    kept = np.flatnonzero(np.isfinite(scores) & (channels >= 0))
+    count = int(buffer.count)
+    room = max(min(kept.shape[0], buffer.capacity - count), 0)
+    slots = slice(count, count + room)
+    held_scores, held_channels = buffer.scores.copy(), buffer.channels.copy()
+    held_scores[slots] = scores[kept[:room]]
+    held_channels[slots] = channels[kept[:room]].astype(np.int8)
+    return buffer.replace(
+        scores=held_scores,
+        channels=held_channels,
+        count=scalar(count + kept.shape[0], np.int32),
+    )
+
+
 # -- per-metric samples ---------------------------------------------------------------------------
 
 
@@ -439,12 +523,12 @@ def region_samples(maps: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ..
     """AUPRO's binned pixel samples of a batch (N, H, W) of binary masks, in numpy: scores,
     channels (0 background, 1 region, -1 non-finite), the 1/|region| weight row, the region
     pixels' indices, the region count and the invalid-value count (as ``pro._pixel_samples``
-    with ``exact=False``).
+    with ``exact=False``; the channels are bools when every score is finite).
 
     Example:
         >>> masks = np.array([[[1, 0, 1], [0, 0, 1]]])
         >>> _, channels, weights, _, regions, invalid = region_samples(np.ones((1, 2, 3)), masks)
-        >>> channels.tolist(), weights[0].tolist(), int(regions), int(invalid)
+        >>> channels.astype(int).tolist(), weights[0].tolist(), int(regions), int(invalid)
         ([1, 0, 1, 0, 0, 1], [1.0, 0.0, 0.5, 0.0, 0.0, 0.5], 2, 0)
     """
     target = np.reshape(target, (-1, *target.shape[-2:]))
@@ -466,12 +550,13 @@ def region_samples(maps: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ..
     weights = np.zeros((1, foreground.size), np.float32)
     weights[0, in_region] = np.float32(1.0) / region_sizes[region_of]
     scores = np.ravel(maps).astype(np.float32, copy=False)
-    channels = foreground.ravel().astype(np.int32)
+    channels = foreground.ravel()  # bools are channels 0 and 1: no int copy of the batch
     with np.errstate(invalid="ignore"):
         finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
     num_invalid = invalid
     if not finite:
         not_finite = ~np.isfinite(scores)
+        channels = channels.astype(np.int32)
         channels[not_finite] = -1
         num_invalid += np.count_nonzero(not_finite)
     regions, invalid = scalar(num_regions, np.int32), scalar(num_invalid, np.int32)

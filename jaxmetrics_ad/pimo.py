@@ -91,7 +91,7 @@ from jaxmetrics_ad import numpy_updates, pimo_binned
 from jaxmetrics_ad.base import LOOSE_BOUND, Metric, state_reader, valid_rows
 from jaxmetrics_ad.classification import Thresholds, _checked_thresholds
 from jaxmetrics_ad.pimo_binned import DEFAULT_TAIL_SIZE, BinnedCurves
-from jaxmetrics_ad.pimo_exact import EXACT_KEEP_ALL_PIXELS, ExactTails, fraction_at_or_above
+from jaxmetrics_ad.pimo_exact import EXACT_KEEP_ALL_PIXELS, ExactTails
 from jaxmetrics_ad.pimo_rule import (
     BOUND_RTOL,
     MIN_INTEGRATION_POINTS,
@@ -319,7 +319,7 @@ class _PerImageOverlapMetric(Metric):
                     "eagerly, or use thresholds=<int> inside jit"
                 )
             state = self.state.add(maps, masks, keep_all_pixels=EXACT_KEEP_ALL_PIXELS)
-            return state, jnp.zeros((), jnp.int32)
+            return state, np.zeros((), np.int32)
         return self.state.add(maps, masks, valid)
 
     def _updates_in_numpy(self) -> bool:
@@ -585,13 +585,8 @@ class AUPIMO(_PerImageOverlapMetric):
         inside = slice(band.low_index, band.high_index + 1)
         weights = trapezoid_weights(shared_fpr, band)[inside]
         if self.return_average:
-            thresholds_inside = thresholds[inside].astype(np.float64)
-            # One image at a time: the band may hold most of the K thresholds.
-            areas = [
-                fraction_at_or_above(scores, thresholds_inside) @ weights
-                for scores in self.state.anomalous_scores()
-            ]
-            aupimos = np.clip(np.array(areas) / self._normaliser(), 0, 1)
+            areas = self.state.weighted_tpr_sums(thresholds[inside].astype(np.float64), weights)
+            aupimos = np.clip(areas / self._normaliser(), 0, 1)
             return np.float32(aupimos.mean())
         classes = self.state.image_classes()
         per_image_tprs = self.state.per_image_tprs(thresholds)

@@ -186,14 +186,40 @@ class ExactTails(struct.PyTreeNode):
         shared_fpr[thresholds <= self.let_go_max] = np.nan
         return shared_fpr
 
-    def anomalous_scores(self) -> list[np.ndarray]:
-        """The sorted mask scores of each anomalous image, in input order."""
+    def _mask_scores(self) -> list[np.ndarray]:
+        """The mask scores of each anomalous image (in no order), in input order."""
         images = []
         for batch in self.batches:
             starts = np.cumsum(batch.anomalous_sizes) - batch.anomalous_sizes
             for start, size in zip(starts, batch.anomalous_sizes):
-                images.append(np.sort(batch.anomalous_scores[start : start + size]))
+                images.append(batch.anomalous_scores[start : start + size])
         return images
+
+    def weighted_tpr_sums(self, thresholds: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """float64 ``Σ_k weights[k] · TPR_i(thresholds[k])`` of each anomalous image, in input order.
+
+        A score clears the ascending thresholds up to its position among them, so each image's
+        sum is the mean over its mask scores of the weights' prefix sum there: one search per
+        score, no sort.
+
+        Example:
+            >>> import numpy as np
+            >>> maps = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+            >>> masks = np.array([[[0, 0], [0, 0]], [[1, 1], [1, 1]]])
+            >>> state = ExactTails.empty(1.0).add(maps, masks)
+            >>> state.weighted_tpr_sums(np.array([4.5, 6.5]), np.array([1.0, 2.0])).tolist()
+            [1.25]
+        """
+        cleared_weight = np.concatenate([[0.0], np.cumsum(weights, dtype=np.float64)])
+        sums = []
+        for batch in self.batches:
+            sizes = batch.anomalous_sizes
+            if not sizes.size:
+                continue
+            cleared = np.searchsorted(thresholds, batch.anomalous_scores, side="right")
+            starts = np.cumsum(sizes) - sizes
+            sums.append(np.add.reduceat(cleared_weight[cleared], starts) / sizes)
+        return np.concatenate(sums) if sums else np.zeros(0)
 
     def per_image_tprs(self, thresholds: np.ndarray) -> np.ndarray:
         """(images, K) float32 TPR of each anomalous image at the ascending thresholds; NaN rows
@@ -209,7 +235,7 @@ class ExactTails(struct.PyTreeNode):
         """
         classes = self.image_classes()
         tprs = np.full((len(classes), len(thresholds)), np.nan, np.float32)
-        for row, scores in zip(np.flatnonzero(classes), self.anomalous_scores()):
+        for row, scores in zip(np.flatnonzero(classes), self._mask_scores()):
             # Count each score once at the last threshold it clears, then sum from the top: O(K)
             # per image rather than a search per threshold.
             cleared = np.searchsorted(thresholds, scores, side="right")
@@ -217,14 +243,3 @@ class ExactTails(struct.PyTreeNode):
             at_or_above = np.cumsum(counts[::-1])[::-1][1:]
             tprs[row] = at_or_above / len(scores)
         return tprs
-
-
-def fraction_at_or_above(sorted_scores: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """float64 fraction of the (ascending, non-empty) scores that are ``>= thresholds``.
-
-    Example:
-        >>> fraction_at_or_above(np.array([1.0, 2.0, 3.0, 4.0]), np.array([0.0, 2.5, 5.0])).tolist()
-        [1.0, 0.5, 0.0]
-    """
-    below = np.searchsorted(sorted_scores, thresholds, side="left")
-    return (len(sorted_scores) - below) / len(sorted_scores)

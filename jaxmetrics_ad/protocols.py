@@ -118,7 +118,6 @@ def per_image_aupimo(metric: jm.AUPIMO) -> np.ndarray:
     >>> per_image_aupimo(jm.AUPIMO(fpr_bounds=(0.01, 0.05)).update(maps, masks)).round(4).tolist()
     [nan, 0.2525]
     """
-    from jaxmetrics_ad.pimo_exact import fraction_at_or_above
     from jaxmetrics_ad.pimo_rule import check_integration_band, trapezoid_weights
 
     if not metric.is_exact:
@@ -130,13 +129,7 @@ def per_image_aupimo(metric: jm.AUPIMO) -> np.ndarray:
     band = check_integration_band(shared_fpr, metric.fpr_bounds, metric.force, metric.name)
     inside = slice(band.low_index, band.high_index + 1)
     weights = trapezoid_weights(shared_fpr, band)[inside]
-    thresholds_inside = thresholds[inside].astype(np.float64)
-    areas = np.array(
-        [
-            fraction_at_or_above(scores, thresholds_inside) @ weights
-            for scores in state.anomalous_scores()
-        ]
-    )
+    areas = state.weighted_tpr_sums(thresholds[inside].astype(np.float64), weights)
     lower, upper = metric.fpr_bounds
     classes = state.image_classes()
     values = np.full(len(classes), np.nan)

@@ -65,6 +65,19 @@ def test_histogram_add_matches_the_xla_update(tail_size, size):
         _assert_same_histogram(mine, theirs, exact_weights=tail_size == 0)
 
 
+@pytest.mark.parametrize("float_slots", [True, False])
+def test_binning_in_chunks_with_float_or_int_slots_matches_the_xla_update(monkeypatch, float_slots):
+    monkeypatch.setattr(numpy_updates, "_CHUNK", 1)  # chunks of 4 * (2 * 32 + 1) samples
+    if not float_slots:
+        monkeypatch.setattr(numpy_updates, "_FLOAT_SLOTS", 0)
+    mine = ScoreHistogram.auto(num_bins=32, num_channels=2, num_weights=1, tail_size=8)
+    theirs = mine
+    for scores, channels, weights in _batches(11, 4, 3000):
+        mine = histogram_add(mine, scores, channels, weights)
+        theirs = theirs.add(jnp.asarray(scores), jnp.asarray(channels), jnp.asarray(weights))
+        _assert_same_histogram(mine, theirs, exact_weights=False)
+
+
 def test_histogram_add_with_fixed_edges_and_a_window_matches_the_xla_update():
     fixed = ScoreHistogram.fixed([-1.0, 0.0, 0.5, 2.0], num_channels=2)
     windowed = ScoreHistogram.auto(num_bins=16, num_channels=6)
@@ -175,3 +188,34 @@ def test_the_switch_is_scoped():
         with use_numpy(True):
             assert numpy_updates.numpy_updates_apply()
     assert numpy_updates.numpy_updates_apply()
+
+
+def test_fixed_buffer_add_matches_the_xla_update():
+    from jaxmetrics_ad.buffer import FixedBuffer
+
+    mine = theirs = FixedBuffer.empty(capacity=40)
+    for scores, channels, _ in _batches(7, 3, 12):  # NaN/inf and channel -1 take no slot
+        mine = numpy_updates.fixed_buffer_add(mine, scores, channels)
+        theirs = theirs.add(jnp.asarray(scores), jnp.asarray(channels))
+        assert int(mine.count) == int(theirs.count)
+        for got, want in zip(mine.arrays(), theirs.arrays()):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@pytest.mark.parametrize("name", ["AUROC", "AUPR", "F1Max", "F1AdaptiveThreshold"])
+def test_exact_image_metrics_with_capacity_update_and_compute_in_numpy(name):
+    rng = np.random.default_rng(5)
+    scores, labels = rng.random(30).astype(np.float32), rng.integers(0, 2, 30)
+
+    def evaluate():
+        metric = getattr(jm, name)(None, capacity=32)
+        for part in np.array_split(np.arange(30), 3):
+            metric = metric.update(scores[part], labels[part])
+        return metric
+
+    mine = evaluate()
+    with use_numpy(False):
+        theirs = evaluate()
+    assert type(mine.state.scores) is np.ndarray
+    assert isinstance(theirs.state.scores, jax.Array)
+    assert float(mine.compute()) == float(theirs.compute())
