@@ -32,8 +32,11 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
 
 import jax
@@ -44,11 +47,16 @@ from jaxmetrics_ad.counts import WideCount
 from jaxmetrics_ad.validation import is_traced
 
 _ENABLED = [True]
+_WORKER: list[ThreadPoolExecutor] = []  # made on first use; a forked child makes its own
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WORKER.clear)
 _WORD_MASK = np.uint64(0xFFFFFFFF)
 _INT32_MAX_SHIFT = 31
 _MANTISSA_BITS = 24
 _CHUNK = 1 << 17  # samples binned at a time: a float32 chunk and its slots fit in a core's L2
 _FLOAT_SLOTS = 1 << _MANTISSA_BITS  # slots below this are exact in float32
+_LABEL_PIXELS = 1 << 18  # pixels labelled per scipy call (a few images)
+_GUESS_SAMPLES = 1 << 15  # scores sampled to guess where the tails of a large batch begin
 # 8-connected within each image, nothing across images: one scipy call labels a whole batch
 _BATCH_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)
 _BATCH_EIGHT_CONNECTED[1] = True
@@ -109,13 +117,16 @@ def histogram_add(
     histogram: Any,
     scores: np.ndarray,
     channels: np.ndarray | int,
-    weights: np.ndarray | None = None,
+    weights: np.ndarray | Callable[[], tuple[np.ndarray, np.ndarray]] | None = None,
     window: tuple[int, int] | None = None,
     weighted: np.ndarray | None = None,
 ) -> Any:
     """:meth:`ScoreHistogram.add` in numpy (same arguments; ``window=(first, rows)`` of ints; an
-    int ``channels`` puts every sample in that channel; ``weighted``, when given, the indices of
-    the samples whose weights are not all zero).
+    int ``channels`` puts every sample in that channel, bools are channels 0 and 1). With
+    ``weighted`` (the ascending indices of the samples whose weights are not all zero),
+    ``weights`` holds only those samples' weights, shape (W, len(weighted)). ``weights`` may also
+    be a function returning ``(weighted, weights)``, called once the counts are binned (e.g. the
+    result of work running meanwhile in :func:`in_background`).
 
     Example:
         >>> from jaxmetrics_ad.histogram import ScoreHistogram
@@ -127,43 +138,95 @@ def histogram_add(
     histogram = host_arrays(histogram)
     scores = np.ravel(scores).astype(np.float32, copy=False)
     if not isinstance(channels, int):
-        channels = np.ravel(channels).astype(np.int32, copy=False)
+        channels = np.ravel(channels)
+        if channels.dtype != np.bool_:
+            channels = channels.astype(np.int32, copy=False)
     num_weights = histogram.weights.shape[0]
-    if weights is not None:
-        weights = np.reshape(weights, (num_weights, scores.shape[0])).astype(np.float32, copy=False)
+    later = None
+    if callable(weights):
+        later, weights = weights, None
+    elif weights is not None:
+        samples = scores.shape[0] if weighted is None else weighted.shape[0]
+        weights = np.reshape(weights, (num_weights, samples)).astype(np.float32, copy=False)
     if not num_weights:
-        weights = weighted = None
-    batch = _Samples(scores, channels, _kept(scores, channels), weights, weighted)
+        weights = weighted = later = None
+    kept, span = _kept(scores, channels)
+    batch = _Samples(scores, channels, kept, weights, weighted, span)
+    if later is not None:
+        batch = batch._replace(later=_sparse_weights(later, num_weights))
     if histogram.tail_size == 0:
         binned = _add_binned(histogram, [batch], window)
         return binned.replace(score_min=binned.core_min, score_max=binned.core_max)
     return _add_with_tails(histogram, batch)
 
 
+def _sparse_weights(
+    found: Callable[[], tuple[np.ndarray, np.ndarray]], num_weights: int
+) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
+    @functools.cache
+    def weights() -> tuple[np.ndarray, np.ndarray]:
+        weighted, values = found()
+        return weighted, np.reshape(values, (num_weights, weighted.shape[0])).astype(np.float32)
+
+    return weights
+
+
 class _Samples(NamedTuple):
-    """Samples to bin: ``channels`` an int for all of them; ``kept`` None when all are kept,
-    ``weights`` (W, N) None when all are zero; ``weighted`` the samples with a non-zero weight
-    (None: found when needed)."""
+    """Samples to bin: ``channels`` an int for all of them; ``kept`` None when all are kept;
+    ``weights`` None when all are zero, else (W, N), or (W, M) for the M samples ``weighted`` (the
+    ascending indices of those whose weights are not all zero) when it is given; ``span`` the
+    (min, max) of the kept scores when known; ``later``, when given, returns ``(weighted,
+    weights)`` (dense: ``weighted`` None), to be called only once the counts are binned."""
 
     scores: np.ndarray
     channels: np.ndarray | int
     kept: np.ndarray | None
     weights: np.ndarray | None
     weighted: np.ndarray | None = None
+    span: tuple[np.float32, np.float32] | None = None
+    later: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
+
+    def has_weights(self) -> bool:
+        return self.weights is not None or self.later is not None
+
+    def resolved(self) -> _Samples:
+        """The samples with their weights (``later`` called)."""
+        if self.later is None:
+            return self
+        weighted, weights = self.later()
+        return self._replace(weighted=weighted, weights=weights, later=None)
 
     def take(self, index: np.ndarray) -> _Samples:
+        """The samples at ``index``, with dense weights (found later when this set's are)."""
+        if self.later is not None:
+            taken = self._replace(later=None).take(index)
+            return taken._replace(
+                later=functools.cache(lambda: (None, self.resolved().take(index).weights))
+            )
         channels = self.channels if isinstance(self.channels, int) else self.channels[index]
         kept = None if self.kept is None else self.kept[index]
-        weights = None if self.weights is None else self.weights[:, index]
+        weights = self.weights
+        if weights is not None and self.weighted is not None:
+            weights = np.zeros((weights.shape[0], index.shape[0]), np.float32)
+            if self.weighted.size:
+                position = np.minimum(np.searchsorted(self.weighted, index), self.weighted.size - 1)
+                hit = self.weighted[position] == index
+                weights[:, hit] = self.weights[:, position[hit]]
+        elif weights is not None:
+            weights = weights[:, index]
         return _Samples(self.scores[index], channels, kept, weights)
 
-    def weighted_samples(self) -> np.ndarray:
-        """The kept samples with a non-zero weight."""
+    def weighted_samples(self) -> tuple[np.ndarray, np.ndarray]:
+        """The kept samples with a non-zero weight, and their weights (W, M)."""
         if self.weighted is not None:
-            index = self.weighted
+            index, weights = self.weighted, self.weights
         else:
             index = np.flatnonzero(np.any(self.weights != 0, axis=0))
-        return index if self.kept is None else index[self.kept[index]]
+            weights = self.weights[:, index]
+        if self.kept is not None:
+            kept = self.kept[index]
+            index, weights = index[kept], weights[:, kept]
+        return index, weights
 
     def channel_values(self) -> np.ndarray:
         if isinstance(self.channels, int):
@@ -171,23 +234,28 @@ class _Samples(NamedTuple):
         return self.channels
 
     def weight_values(self, num_weights: int) -> np.ndarray:
+        if self.later is not None:
+            return self.resolved().weight_values(num_weights)
         if self.weights is None:
             return np.zeros((num_weights, self.scores.shape[0]), np.float32)
         return self.weights
 
 
-def _kept(scores: np.ndarray, channels: np.ndarray | int) -> np.ndarray | None:
-    """Finite scores in a valid channel; None when that is all of them (two reductions, no mask)."""
+def _kept(
+    scores: np.ndarray, channels: np.ndarray | int
+) -> tuple[np.ndarray | None, tuple[np.float32, np.float32] | None]:
+    """Finite scores in a valid channel (None when that is all of them: two reductions, no mask),
+    and then the scores' (min, max)."""
     if scores.size == 0:
-        return None
+        return None, None
     valid_channels = isinstance(channels, int) and channels >= 0
-    if not valid_channels and not isinstance(channels, int):
-        valid_channels = bool(channels.min() >= 0)
+    if not isinstance(channels, int):
+        valid_channels = channels.dtype == np.bool_ or bool(channels.min() >= 0)
     with np.errstate(invalid="ignore"):
-        finite = bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
-    if finite and valid_channels:
-        return None
-    return np.isfinite(scores) & (channels >= 0)
+        lowest, highest = scores.min(), scores.max()
+    if np.isfinite(lowest) and np.isfinite(highest) and valid_channels:
+        return None, (lowest, highest)
+    return np.isfinite(scores) & (channels >= 0), None
 
 
 def _add_with_tails(histogram, batch: _Samples) -> Any:
@@ -201,24 +269,14 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
     num_weights = histogram.weights.shape[0]
     high_cut, low_cut = (np.float32(c) for c in histogram.tail_cuts)
     scores = batch.scores
-    with np.errstate(invalid="ignore"):
-        beyond = scores.size and not (scores.max() <= high_cut and scores.min() >= low_cut)
-    if beyond:  # NaN scores land here too, and are left out by ``kept``
-        candidate = (scores > high_cut) | (scores < low_cut)
-        if batch.kept is not None:
-            candidate &= batch.kept
-        picked = np.flatnonzero(candidate)
-        # e.g. the first batch (cuts at -inf/+inf): only its K highest and K lowest can enter
-        if picked.shape[0] > 4 * size:
-            values = scores[picked]
-            count = values.shape[0]
-            parted = np.partition(values, (size - 1, count - size))
-            bottom, top = parted[size - 1], parted[count - size]
-            picked = picked[(values >= top) | (values <= bottom)]
-            candidate = np.zeros(scores.shape, bool)
-            candidate[picked] = True
-    else:
-        candidate, picked = None, np.zeros(0, np.int64)
+    if batch.span is not None:
+        beyond = not (batch.span[1] <= high_cut and batch.span[0] >= low_cut)
+    else:  # NaN scores land here too, and are left out by ``kept``
+        with np.errstate(invalid="ignore"):
+            beyond = scores.size and not (scores.max() <= high_cut and scores.min() >= low_cut)
+    picked = np.zeros(0, np.int64)
+    if beyond:
+        picked = _tail_candidates(scores, batch.kept, high_cut, low_cut, size)
     old_channels = histogram.tail_channels.ravel()
     old_real = np.flatnonzero(old_channels >= 0)
     old = _Samples(
@@ -229,13 +287,18 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
     )
     new = batch.take(picked)
     pool_scores = np.concatenate([old.scores, new.scores])
+
+    @functools.cache
+    def pool_weights() -> tuple[None, np.ndarray]:
+        values = [old.weight_values(num_weights), new.weight_values(num_weights)]
+        return None, np.concatenate(values, axis=1)
+
     pool = _Samples(
         pool_scores,
         np.concatenate([old.channel_values(), new.channel_values()]),
         None,
-        np.concatenate([old.weight_values(num_weights), new.weight_values(num_weights)], axis=1)
-        if num_weights
-        else None,
+        None,
+        later=pool_weights if num_weights else None,
     )
     count = pool_scores.shape[0]
     if count >= size:  # else the K-th highest (lowest) is -inf (+inf): the cut stays
@@ -243,9 +306,14 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
         low_cut = min(low_cut, np.partition(pool_scores, size - 1)[size - 1])
     in_high = pool_scores > high_cut
     in_low = (pool_scores < low_cut) & ~in_high
-    rest = batch if candidate is None else batch._replace(kept=_and_not(batch.kept, candidate))
+    rest = batch
+    if picked.size:
+        rest_kept = np.ones(scores.shape, bool) if batch.kept is None else batch.kept.copy()
+        rest_kept[picked] = False
+        span = _range_without(scores, picked) if batch.kept is None else None
+        rest = batch._replace(kept=rest_kept, span=span)
     binned = _add_binned(histogram, [pool._replace(kept=~in_high & ~in_low), rest])
-    channels, weights = pool.channel_values(), pool.weight_values(num_weights)
+    channels, weights = pool.channel_values(), pool.weight_values(num_weights)  # after binning
 
     def tail(members: np.ndarray, descending: bool) -> tuple[np.ndarray, ...]:
         index = np.flatnonzero(members)
@@ -274,12 +342,139 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
     )
 
 
-def _and_not(kept: np.ndarray | None, left_out: np.ndarray) -> np.ndarray:
-    return ~left_out if kept is None else kept & ~left_out
+def _tail_candidates(
+    scores: np.ndarray,
+    kept: np.ndarray | None,
+    high_cut: np.float32,
+    low_cut: np.float32,
+    size: int,
+) -> np.ndarray:
+    """Ascending indices of the kept samples beyond the cuts that can enter a tail: all of them
+    when they are at most ``4 * size``, else those among the ``size`` highest or lowest of them
+    (ties included).
+
+    The search runs in cache-sized chunks. When there are many (e.g. the first batch: the cuts
+    are at -inf/+inf), a strided sample of the scores gives guesses ``g_high``/``g_low`` for the
+    ``size``-th highest and lowest; when at least ``size`` samples lie at or beyond each guess,
+    those contain every sample that can enter, and the ``size``-th highest (lowest) is theirs, so
+    only they are partitioned; otherwise all the samples beyond the cuts are.
+    """
+    limit = 4 * size
+    parts, found = [], 0
+    for start, chunk, chunk_kept in _score_chunks(scores, kept):
+        index = np.flatnonzero(_beyond(chunk, chunk_kept, high_cut, low_cut))
+        found += index.shape[0]
+        if found > limit:
+            break
+        parts.append(index + start)
+    else:
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    guesses = _extreme_guesses(scores, kept, high_cut, low_cut, size)
+    if guesses is not None:
+        picked = _extremes_beyond(scores, kept, high_cut, low_cut, size, *guesses)
+        if picked is not None:
+            return picked
+    beyond = _beyond(scores, kept, high_cut, low_cut)
+    picked = np.flatnonzero(beyond)
+    values = scores[picked]
+    count = values.shape[0]
+    parted = np.partition(values, (size - 1, count - size))
+    return picked[(values >= parted[count - size]) | (values <= parted[size - 1])]
+
+
+def _range_without(scores: np.ndarray, left_out: np.ndarray) -> tuple[np.float32, np.float32]:
+    """(min, max) of the scores but those at ``left_out`` (ascending indices); (inf, -inf) when
+    none is left. In chunks: a chunk without such a sample is reduced as it is, one with some is
+    copied with them replaced by one of its other scores (a masked reduction is ten times slower).
+    """
+    lowest, highest = np.float32(np.inf), np.float32(-np.inf)
+    bounds = np.searchsorted(left_out, np.arange(0, scores.shape[0] + _CHUNK, _CHUNK))
+    for number, (start, chunk, _) in enumerate(_score_chunks(scores, None)):
+        inside = left_out[bounds[number] : bounds[number + 1]] - start
+        if inside.shape[0] == chunk.shape[0]:
+            continue
+        if inside.size:
+            remaining = np.ones(chunk.shape[0], bool)
+            remaining[inside] = False
+            chunk = chunk.copy()
+            chunk[inside] = chunk[np.argmax(remaining)]
+        lowest, highest = min(lowest, chunk.min()), max(highest, chunk.max())
+    return lowest, highest
+
+
+def _score_chunks(
+    scores: np.ndarray, kept: np.ndarray | None
+) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    for start in range(0, scores.shape[0], _CHUNK):
+        part = slice(start, start + _CHUNK)
+        yield start, scores[part], None if kept is None else kept[part]
+
+
+def _beyond(
+    scores: np.ndarray, kept: np.ndarray | None, high_cut: np.float32, low_cut: np.float32
+) -> np.ndarray:
+    """Kept scores above the high cut or below the low one."""
+    with np.errstate(invalid="ignore"):
+        beyond = scores > high_cut
+        beyond |= scores < low_cut
+    if kept is not None:
+        beyond &= kept
+    return beyond
+
+
+def _extreme_guesses(
+    scores: np.ndarray,
+    kept: np.ndarray | None,
+    high_cut: np.float32,
+    low_cut: np.float32,
+    size: int,
+) -> tuple[np.float32, np.float32] | None:
+    """Guesses for the ``size``-th highest and lowest score beyond the cuts, from every
+    ``stride``-th sample: ranks chosen so that about ``2 * size`` samples lie beyond each."""
+    stride = max(1, scores.shape[0] // _GUESS_SAMPLES)
+    sample = scores[::stride]
+    sample = sample[_beyond(sample, None if kept is None else kept[::stride], high_cut, low_cut)]
+    rank = -(-2 * size // stride) + 8
+    if sample.shape[0] < 2 * rank:
+        return None
+    count = sample.shape[0]
+    parted = np.partition(sample, (rank - 1, count - rank))
+    return parted[count - rank], parted[rank - 1]
+
+
+def _extremes_beyond(
+    scores: np.ndarray,
+    kept: np.ndarray | None,
+    high_cut: np.float32,
+    low_cut: np.float32,
+    size: int,
+    high_guess: np.float32,
+    low_guess: np.float32,
+) -> np.ndarray | None:
+    """The samples beyond the cuts among the ``size`` highest or lowest of them, found among those
+    at or beyond the guesses; None when fewer than ``size`` lie at or beyond a guess."""
+    parts = []
+    high_count = low_count = 0
+    for start, chunk, chunk_kept in _score_chunks(scores, kept):
+        beyond = _beyond(chunk, chunk_kept, high_cut, low_cut)
+        high = beyond & (chunk >= high_guess)
+        low = beyond & (chunk <= low_guess)
+        high_count += np.count_nonzero(high)
+        low_count += np.count_nonzero(low)
+        parts.append(np.flatnonzero(high | low) + start)
+    if high_count < size or low_count < size:
+        return None
+    picked = np.concatenate(parts)
+    values = scores[picked]
+    high_values, low_values = values[values >= high_guess], values[values <= low_guess]
+    top = np.partition(high_values, high_values.shape[0] - size)[high_values.shape[0] - size]
+    bottom = np.partition(low_values, size - 1)[size - 1]
+    return picked[(values >= top) | (values <= bottom)]
 
 
 def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None = None) -> Any:
-    """``ScoreHistogram._add_binned`` in numpy: one widening of the grid, then one bincount per set."""
+    """``ScoreHistogram._add_binned`` in numpy: one widening of the grid, one bincount per set,
+    then the weights (found only now when they come ``later``)."""
     low, high = np.float32(histogram.core_min), np.float32(histogram.core_max)
     for samples in sets:
         if samples.scores.size:
@@ -298,12 +493,13 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
         for part in _chunks(samples, chunk):
             flat = _flat_index(grown, part, first, overflow)
             batch_counts += np.bincount(flat, minlength=overflow + 1)
-        if samples.weights is not None and samples.scores.size:
-            weighted = samples.weighted_samples()
+    for samples in sets:
+        if samples.has_weights() and samples.scores.size:
+            weighted, values = samples.resolved().weighted_samples()
             bins = _bin_index(grown, samples.scores[weighted])
-            for row in range(samples.weights.shape[0]):
+            for row in range(values.shape[0]):
                 # float32, one sample after the other: the sums XLA's scatter-add gives, bit for bit
-                np.add.at(summed[row], bins, samples.weights[row][weighted])
+                np.add.at(summed[row], bins, values[row])
     rows = slice(first, first + written)
     batch = batch_counts[:-1].reshape(written, num_bins).astype(np.uint32)
     lo, hi = grown.counts.lo.copy(), grown.counts.hi.copy()
@@ -332,6 +528,8 @@ def _chunks(samples: _Samples, size: int) -> Iterator[_Samples]:
 def _kept_range(samples: _Samples) -> tuple[np.float32, np.float32]:
     """(min, max) of the kept scores ((inf, -inf) when none is kept)."""
     scores = samples.scores
+    if samples.span is not None:
+        return samples.span
     if samples.kept is None:
         return scores.min(), scores.max()
     lowest = np.min(scores, where=samples.kept, initial=np.float32(np.inf))
@@ -519,48 +717,110 @@ def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     return channel, scalar(np.count_nonzero(~valid), np.int32)
 
 
-def region_samples(maps: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, ...]:
-    """AUPRO's binned pixel samples of a batch (N, H, W) of binary masks, in numpy: scores,
-    channels (0 background, 1 region, -1 non-finite), the 1/|region| weight row, the region
-    pixels' indices, the region count and the invalid-value count (as ``pro._pixel_samples``
-    with ``exact=False``; the channels are bools when every score is finite).
+def foreground(target: np.ndarray) -> tuple[np.ndarray, int]:
+    """The mask pixels (bool, N×H×W) of a batch of binary masks, and the count of values other
+    than 0/1 (bools are 0/1: a True stored as 0xFF is 1).
 
     Example:
-        >>> masks = np.array([[[1, 0, 1], [0, 0, 1]]])
-        >>> _, channels, weights, _, regions, invalid = region_samples(np.ones((1, 2, 3)), masks)
-        >>> channels.astype(int).tolist(), weights[0].tolist(), int(regions), int(invalid)
-        ([1, 0, 1, 0, 0, 1], [1.0, 0.0, 0.5, 0.0, 0.0, 0.5], 2, 0)
+        >>> mask, invalid = foreground(np.array([[0, 1], [2, 1]]))
+        >>> mask.astype(int).tolist(), invalid
+        ([[[0, 1], [1, 1]]], 1)
     """
     target = np.reshape(target, (-1, *target.shape[-2:]))
     if target.dtype == np.bool_:
-        foreground, invalid = target.view(np.uint8) != 0, 0
-    else:
-        foreground = target != 0
-        invalid = np.count_nonzero(foreground & (target != 1))
-    # only the images with a region are labelled (normal images are about a third of a test set)
-    with_regions = np.flatnonzero(foreground.reshape(foreground.shape[0], -1).any(axis=1))
-    labels, num_regions = ndimage.label(foreground[with_regions], structure=_BATCH_EIGHT_CONNECTED)
-    in_region = np.flatnonzero(foreground)
-    image_pixels = math.prod(foreground.shape[1:])
-    image_of, pixel_of = np.divmod(in_region, image_pixels)
-    position = np.zeros(foreground.shape[0], np.int64)
-    position[with_regions] = np.arange(with_regions.shape[0])
-    region_of = labels.reshape(-1, image_pixels)[position[image_of], pixel_of]
-    region_sizes = np.bincount(region_of, minlength=num_regions + 1).astype(np.float32)
-    weights = np.zeros((1, foreground.size), np.float32)
-    weights[0, in_region] = np.float32(1.0) / region_sizes[region_of]
+        raw = target.view(np.uint8)
+        return (target if raw.max(initial=0) <= 1 else raw != 0), 0
+    mask = target != 0
+    return mask, int(np.count_nonzero(mask & (target != 1)))
+
+
+def region_weights(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUPRO's weights of a batch of masks (N, H, W) of bools: the ascending flat indices of the
+    region pixels, their 1/|region| weights (1, M) and the number of regions (8-connected regions
+    within each image, as ``pro._pixel_samples`` with ``exact=False``).
+
+    Images are labelled a few at a time (about ``_LABEL_PIXELS`` pixels per scipy call, only those
+    with a region), so that a call's labels stay in the cache and its buffers are reused.
+
+    Example:
+        >>> in_region, weights, regions = region_weights(np.array([[[1, 0, 1], [0, 0, 1]]], bool))
+        >>> in_region.tolist(), weights[0].tolist(), int(regions)
+        ([0, 2, 5], [1.0, 0.5, 0.5], 2)
+    """
+    num_images, image_pixels = mask.shape[0], math.prod(mask.shape[1:])
+    with_regions = mask.reshape(num_images, image_pixels).any(axis=1)
+    group = max(1, _LABEL_PIXELS // max(image_pixels, 1))
+    indices, weights, num_regions = [], [], 0
+    for start in range(0, num_images, group):
+        rows = np.flatnonzero(with_regions[start : start + group])
+        if not rows.size:
+            continue
+        images = mask[start : start + group]
+        if rows.shape[0] < images.shape[0]:
+            images = images[rows]
+        labels, count = ndimage.label(images, structure=_BATCH_EIGHT_CONNECTED)
+        in_labels = np.flatnonzero(images)  # the labelled pixels (a bool scan: 4x faster)
+        region_of = labels.ravel()[in_labels]
+        sizes = np.bincount(region_of, minlength=count + 1).astype(np.float32)
+        weights.append(np.float32(1.0) / sizes[region_of])
+        image, pixel = np.divmod(in_labels, image_pixels)
+        indices.append((start + rows[image]) * image_pixels + pixel)
+        num_regions += count
+    in_region = np.concatenate(indices) if indices else np.zeros(0, np.int64)
+    weight_row = (np.concatenate(weights) if weights else np.zeros(0, np.float32))[None, :]
+    return in_region, weight_row, scalar(num_regions, np.int32)
+
+
+def pixel_channels(
+    maps: np.ndarray, mask: np.ndarray, invalid: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """AUPRO's binned pixel samples: scores (float32), channels (0 background, 1 region, -1
+    non-finite score: bools when every score is finite) and the invalid-value count (``invalid``
+    mask values plus the non-finite scores).
+
+    Example:
+        >>> scores, channels, invalid = pixel_channels(np.array([0.5, np.nan]), np.array([1, 0], bool), 0)
+        >>> channels.tolist(), int(invalid)
+        ([1, -1], 1)
+    """
     scores = np.ravel(maps).astype(np.float32, copy=False)
-    channels = foreground.ravel()  # bools are channels 0 and 1: no int copy of the batch
+    channels = mask.ravel()  # bools are channels 0 and 1: no int copy of the batch
     with np.errstate(invalid="ignore"):
         finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
-    num_invalid = invalid
     if not finite:
         not_finite = ~np.isfinite(scores)
         channels = channels.astype(np.int32)
         channels[not_finite] = -1
-        num_invalid += np.count_nonzero(not_finite)
-    regions, invalid = scalar(num_regions, np.int32), scalar(num_invalid, np.int32)
-    return scores, channels, weights, in_region, regions, invalid
+        invalid += int(np.count_nonzero(not_finite))
+    return scores, channels, scalar(invalid, np.int32)
+
+
+def in_background(function: Callable[..., Any], *args: Any) -> Future:
+    """``function(*args)`` in this module's worker thread (numpy's and scipy's loops release the
+    GIL: e.g. AUPRO's labelling runs while the counts are binned); at once where this process has
+    one core.
+
+    Example:
+        >>> in_background(sum, [1, 2]).result()
+        3
+    """
+    if _cores() < 2:
+        done: Future = Future()
+        try:
+            done.set_result(function(*args))
+        except Exception as error:  # raised by ``result()``, as from the worker
+            done.set_exception(error)
+        return done
+    if not _WORKER:
+        _WORKER.append(ThreadPoolExecutor(1, thread_name_prefix="jaxmetrics_ad-numpy"))
+    return _WORKER[0].submit(function, *args)
+
+
+@functools.cache
+def _cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 # -- BinnedCurves.add -----------------------------------------------------------------------------

@@ -740,12 +740,13 @@ class AUPRO(RegionCurveMetric):
 
     def _update_state_in_numpy(self, maps: np.ndarray, target: np.ndarray):
         maps, target = _without_channel(maps), _without_channel(target)
-        scores, channels, weights, in_region, num_regions, num_invalid = (
-            numpy_updates.region_samples(maps, target)
-        )
+        mask, invalid = numpy_updates.foreground(target)
+        regions = numpy_updates.in_background(numpy_updates.region_weights, mask)
+        scores, channels, num_invalid = numpy_updates.pixel_channels(maps, mask, invalid)
         samples = numpy_updates.histogram_add(
-            self.state.samples, scores, channels, weights, weighted=in_region
+            self.state.samples, scores, channels, lambda: regions.result()[:2]
         )
+        num_regions = regions.result()[2]
         total = numpy_updates.scalar(int(self.state.num_regions) + int(num_regions), np.int32)
         return RegionCurveState(samples, total), num_invalid
 

@@ -219,3 +219,78 @@ def test_exact_image_metrics_with_capacity_update_and_compute_in_numpy(name):
     assert type(mine.state.scores) is np.ndarray
     assert isinstance(theirs.state.scores, jax.Array)
     assert float(mine.compute()) == float(theirs.compute())
+
+
+def _tail_batches(kind: str, count: int = 3, size: int = 3000) -> list[tuple[np.ndarray, ...]]:
+    """Batches whose tails a strided sample guesses well (``smooth``), or badly: every 30th score
+    is among the highest, so the sample sees only them (``sampled_high``)."""
+    rng = np.random.default_rng(21)
+    batches = []
+    for step in range(count):
+        scores = rng.normal(step, 1.0, size).astype(np.float32)
+        if kind == "sampled_high":
+            scores[::30] = 100.0 + np.arange(scores[::30].size, dtype=np.float32) + step
+            scores[1::30] = -100.0 - np.arange(scores[1::30].size, dtype=np.float32) - step
+        channels = rng.integers(0, 2, size).astype(np.int32)
+        weights = rng.random((1, size)).astype(np.float32)
+        batches.append((scores, channels, weights))
+    return batches
+
+
+@pytest.mark.parametrize("kind, guessed", [("smooth", True), ("sampled_high", False)])
+def test_large_batches_pick_the_xla_tails_from_a_guess_or_without_one(monkeypatch, kind, guessed):
+    monkeypatch.setattr(numpy_updates, "_CHUNK", 256)
+    monkeypatch.setattr(numpy_updates, "_GUESS_SAMPLES", 100)  # every 30th score is sampled
+    found = []
+    search = numpy_updates._extremes_beyond
+    monkeypatch.setattr(
+        numpy_updates, "_extremes_beyond", lambda *a: found.append(search(*a)) or found[-1]
+    )
+    mine = ScoreHistogram.auto(num_bins=32, num_channels=2, num_weights=1, tail_size=64)
+    theirs = mine
+    for scores, channels, weights in _tail_batches(kind):
+        mine = histogram_add(mine, scores, channels, weights)
+        theirs = theirs.add(jnp.asarray(scores), jnp.asarray(channels), jnp.asarray(weights))
+        _assert_same_histogram(mine, theirs, exact_weights=False)
+    assert found and (found[0] is not None) == guessed  # the first batch: every score is beyond
+
+
+def test_range_without_some_scores_is_the_masked_range(monkeypatch):
+    monkeypatch.setattr(numpy_updates, "_CHUNK", 8)
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=50).astype(np.float32)
+    for left_out in (np.arange(8, 16), np.array([0, 7, 20, 49]), np.arange(50), np.arange(0)):
+        kept = np.ones(50, bool)
+        kept[left_out] = False
+        want = (
+            np.min(scores, where=kept, initial=np.inf),
+            np.max(scores, where=kept, initial=-np.inf),
+        )
+        assert numpy_updates._range_without(scores, left_out) == want
+
+
+@pytest.mark.parametrize("label_pixels, cores", [(1, 2), (3 * 40 * 48, 2), (1 << 18, 1)])
+def test_aupro_labelled_a_few_images_at_a_time_or_on_one_core_matches_xla(
+    monkeypatch, label_pixels, cores
+):
+    monkeypatch.setattr(numpy_updates, "_LABEL_PIXELS", label_pixels)
+    monkeypatch.setattr(numpy_updates, "_cores", lambda: cores)
+    data = make_category(num_normal=5, num_anomalous=9, size=(40, 48), seed=6)
+    order = np.random.default_rng(0).permutation(14)  # normal images inside the label groups
+    maps, masks = data.anomaly_maps[order], data.gt_masks[order]
+    metric = jm.AUPRO(thresholds=256)
+    mine = metric.update(maps[:8], masks[:8]).update(maps[8:], masks[8:])
+    with use_numpy(False):
+        theirs = metric.update(maps[:8], masks[:8]).update(maps[8:], masks[8:])
+    assert int(mine.state.num_regions) == int(theirs.state.num_regions)
+    _assert_same_histogram(mine.state.samples, theirs.state.samples, exact_weights=False)
+    assert float(mine.compute()) == pytest.approx(float(theirs.compute()), abs=1e-7)
+
+
+def test_work_in_the_background_raises_its_errors_where_its_result_is_read(monkeypatch):
+    for cores in (1, 2):
+        monkeypatch.setattr(numpy_updates, "_cores", lambda cores=cores: cores)
+        failed = numpy_updates.in_background(np.reshape, np.arange(3), (2, 2))
+        with pytest.raises(ValueError):
+            failed.result()
+        assert numpy_updates.in_background(np.add, 1, 2).result() == 3
