@@ -242,6 +242,18 @@ def _spread_asymptotic(base: Array, extra: Array) -> tuple[Array, Array]:
 
 
 def _spread(base: Array, extra: Array) -> tuple[Array, Array]:
+    """:func:`_spread_terms`; in numpy only where ``extra`` is not 0 (there ``E`` and its error
+    are 0: most bins of a fine grid hold no positive)."""
+    if not isinstance(base, np.ndarray):
+        return _spread_terms(base, extra)
+    base, extra = np.broadcast_arrays(base, extra)
+    value, error = np.zeros(base.shape, base.dtype), np.zeros(base.shape, base.dtype)
+    some = extra != 0
+    value[some], error[some] = _spread_terms(base[some], extra[some])
+    return value, error
+
+
+def _spread_terms(base: Array, extra: Array) -> tuple[Array, Array]:
     """``E(b, p) = Σ_{i=1..p} (1/(b+i) − 1/(b+p)) = H(b+p) − H(b) − p/(b+p) >= 0`` per entry, and a
     bound on its series truncation error.
 
