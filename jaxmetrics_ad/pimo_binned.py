@@ -10,6 +10,7 @@ compile) in float64, counts exact to 2**53.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -278,7 +279,8 @@ class _Bins(NamedTuple):
     edges: Array | None  # (B-1,) fixed thresholds, or None when auto-ranging
 
 
-def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
+def _bins(histogram: ScoreHistogram, xp: ModuleType, with_counts: bool = True) -> _Bins:
+    """The histogram's arrays (numpy: counts None unless ``with_counts``)."""
     fixed = None if histogram.edges is None else xp.asarray(histogram.edges, xp.float32)
     if xp is jnp:
         top = (histogram.offset + histogram.num_bins).astype(jnp.float32) * power_of_two(
@@ -294,7 +296,7 @@ def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
             histogram.offset,
             fixed,
         )
-    counts = histogram.counts.as_float64()
+    counts = histogram.counts.as_float64() if with_counts else None
     exponent, offset = int(histogram.exponent), int(histogram.offset)
     if fixed is None:  # the float32 values jax computes: the index is rounded to float32 first
         index = (offset + np.arange(histogram.num_bins + 1)).astype(np.float32)
@@ -315,16 +317,20 @@ def _bins(histogram: ScoreHistogram, xp: ModuleType) -> _Bins:
     )
 
 
-def _curve_points(bins: _Bins, counts: Array, xp: ModuleType) -> tuple[Array, Array]:
-    """Knots (B+1,) ascending and the amount at or above each, (rows, B+1) ending in 0.
-
-    Knot 0 is the lowest score seen rather than the lower edge of bin 0, so the curve is exact there.
-    """
+def _knots(bins: _Bins, xp: ModuleType) -> Array:
+    """The curves' knots (B+1,), ascending: knot 0 is the lowest score seen rather than the lower
+    edge of bin 0, so the curve is exact there."""
     lower = bins.lower_edges
     knots = xp.concatenate(
         [xp.reshape(bins.score_min, (1,)), lower[1:], xp.reshape(bins.top, (1,))]
     )
-    knots = knots.astype(lower.dtype)
+    return knots.astype(lower.dtype)
+
+
+def _curve_points(bins: _Bins, counts: Array, xp: ModuleType) -> tuple[Array, Array]:
+    """Knots (B+1,) ascending (:func:`_knots`) and the amount at or above each, (rows, B+1)
+    ending in 0."""
+    knots = _knots(bins, xp)
     at_or_above = xp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
     return knots, xp.pad(at_or_above, ((0, 0), (0, 1)))
 
@@ -445,13 +451,8 @@ def areas(
     B), never an images × K array.
     """
     coefficients = trapezoid_weights(shared_fpr, band, xp)
-    bins = _bins(state.anomalous, xp)
-    if state.capacity is None:
-        knots, above = _curve_points(bins, bins.weights, xp)
-        above = above / xp.asarray(state.num_anomalous)
-    else:
-        knots, above = _curve_points(bins, bins.counts, xp)
-        above = above / xp.maximum(above[:, :1], 1.0)
+    bins = _bins(state.anomalous, xp, with_counts=False)
+    knots = _knots(bins, xp)
     index, weight = _interpolation(bins, knots, thresholds, xp)
     size = knots.shape[0]
     if xp is jnp:
@@ -465,11 +466,51 @@ def areas(
     else:
         per_knot = np.bincount(index, coefficients * (1.0 - weight), minlength=size)
         per_knot += np.bincount(index + 1, coefficients * weight, minlength=size)
-    return above @ per_knot
+    return _curves_times(state, per_knot[:, None], xp)[:, 0]
+
+
+def _curves_times(state: BinnedCurves, vectors: Array, xp: ModuleType) -> Array:
+    """``curves @ vectors`` (rows, V) for the anomalous curves (rows, B+1) of
+    :func:`_curve_points`, each normalised: by the number of anomalous images (the weighted mean
+    curve, no capacity) or by its image's mask size.
+
+    In numpy, with the counts per image (the large case), the curves are never made: a curve's
+    knot ``j`` holds the counts of bins ``j`` and above, so ``curve @ v = counts @ cumsum(v)[:B]``,
+    read a few images at a time.
+    """
+    if xp is jnp or state.capacity is None:
+        bins = _bins(state.anomalous, xp)
+        if state.capacity is None:
+            _, curves = _curve_points(bins, bins.weights, xp)
+            curves = curves / xp.asarray(state.num_anomalous)
+        else:
+            _, curves = _curve_points(bins, bins.counts, xp)
+            curves = curves / xp.maximum(curves[:, :1], 1.0)
+        return curves @ vectors
+    prefix = np.cumsum(vectors, axis=0)[:-1]
+    products, sizes = [], []
+    for counts in _host_count_rows(state.anomalous):
+        products.append(counts @ prefix)
+        sizes.append(counts.sum(axis=1))
+    return np.concatenate(products) / np.maximum(np.concatenate(sizes), 1.0)[:, None]
+
+
+def _host_count_rows(histogram: ScoreHistogram) -> Iterator[np.ndarray]:
+    """The counts as float64, :data:`_HOST_ROWS` rows at a time (exact up to 2**53)."""
+    lo, hi = np.asarray(histogram.counts.lo), np.asarray(histogram.counts.hi)
+    wide = bool(hi.any())
+    for start in range(0, lo.shape[0], _HOST_ROWS):
+        rows = slice(start, start + _HOST_ROWS)
+        counts = lo[rows].astype(np.float64)
+        if wide:
+            counts += hi[rows].astype(np.float64) * 2.0**32
+        yield counts
 
 
 def mask_sizes(state: BinnedCurves, xp: ModuleType = jnp) -> Array:
     """(capacity,) mask pixels of each image slot (0 for normal images and unused slots)."""
+    if xp is np:
+        return np.concatenate([counts.sum(axis=1) for counts in _host_count_rows(state.anomalous)])
     return _bins(state.anomalous, xp).counts.sum(axis=1)
 
 
@@ -590,15 +631,16 @@ def area_bounds(
         widths = xp.maximum(widths, 0.0)
         return 0.5 * (xp.pad(widths, (0, 1)) + xp.pad(widths, (1, 0)))
 
-    anomalous = _bins(state.anomalous, xp)
-    if state.capacity is None:
-        knots, curves = _curve_points(anomalous, anomalous.weights, xp)
-        curves = curves / xp.asarray(state.num_anomalous)
-    else:
-        knots, curves = _curve_points(anomalous, anomalous.counts, xp)
-        curves = curves / xp.maximum(curves[:, :1], 1.0)
+    anomalous = _bins(state.anomalous, xp, with_counts=False)
+    knots = _knots(anomalous, xp)
     upper_index, lower_index = _bracket(anomalous, knots, below, above, xp)
     size = knots.shape[0]
-    upper = curves @ _per_knot(upper_index, per_point(widths_high), size, xp)
-    lower = curves @ _per_knot(lower_index, per_point(widths_low), size, xp)
+    per_knot = xp.stack(
+        [
+            _per_knot(upper_index, per_point(widths_high), size, xp),
+            _per_knot(lower_index, per_point(widths_low), size, xp),
+        ],
+        axis=1,
+    )
+    upper, lower = xp.moveaxis(_curves_times(state, per_knot, xp), 1, 0)
     return AreaBounds(lower, upper, top_high - bottom_low)
