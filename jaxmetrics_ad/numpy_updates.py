@@ -644,11 +644,7 @@ def _cover(histogram, low: np.float32, high: np.float32) -> Any:
             moved[:, target[starts]] = kept if whole else np.add.reduceat(kept, starts, axis=1)
             return moved
 
-        totals = counts.lo.astype(np.uint64) + (counts.hi.astype(np.uint64) << np.uint64(32))
-        moved = move(totals)
-        counts = WideCount(
-            lo=(moved & _WORD_MASK).astype(np.uint32), hi=(moved >> np.uint64(32)).astype(np.uint32)
-        )
+        counts = _move_counts(counts, move)
         weights = move(weights)
     return histogram.replace(
         counts=counts,
@@ -658,6 +654,27 @@ def _cover(histogram, low: np.float32, high: np.float32) -> Any:
         core_min=scalar(low, np.float32),
         core_max=scalar(high, np.float32),
     )
+
+
+def _move_counts(counts: WideCount, move: Callable[[np.ndarray], np.ndarray]) -> WideCount:
+    """The counts re-binned by ``move``, only in the channels that hold any (per-image rows not yet
+    filled stay zero), in uint32 where no bin can pass 2**32 (a bin's new count is at most its
+    row's total), else as 64-bit totals."""
+    used = np.flatnonzero(counts.lo.any(axis=1) | counts.hi.any(axis=1))
+    every = used.shape[0] == counts.lo.shape[0]
+    lo, hi = (counts.lo, counts.hi) if every else (counts.lo[used], counts.hi[used])
+    if not hi.any() and lo.sum(axis=1, dtype=np.uint64).max(initial=0) <= _WORD_MASK:
+        moved_lo, moved_hi = move(lo), np.zeros_like(hi)
+    else:
+        totals = lo.astype(np.uint64) + (hi.astype(np.uint64) << np.uint64(32))
+        moved = move(totals)
+        moved_lo = (moved & _WORD_MASK).astype(np.uint32)
+        moved_hi = (moved >> np.uint64(32)).astype(np.uint32)
+    if every:
+        return WideCount(lo=moved_lo, hi=moved_hi)
+    new_lo, new_hi = np.zeros_like(counts.lo), np.zeros_like(counts.hi)
+    new_lo[used], new_hi[used] = moved_lo, moved_hi
+    return WideCount(lo=new_lo, hi=new_hi)
 
 
 # -- FixedBuffer.add -------------------------------------------------------------------------------
