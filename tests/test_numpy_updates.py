@@ -90,6 +90,26 @@ def test_histogram_add_with_fixed_edges_and_a_window_matches_the_xla_update():
         )
 
 
+@pytest.mark.parametrize("large_counts", [False, True])
+def test_widening_a_grid_with_empty_channels_or_counts_past_32_bits_matches_xla(large_counts):
+    from jaxmetrics_ad.histogram import WideCount
+
+    start = ScoreHistogram.auto(num_bins=16, num_channels=4, num_weights=1)
+    narrow = np.linspace(0.0, 1.0, 50, dtype=np.float32)
+    start = histogram_add(start, narrow, np.arange(50, dtype=np.int32) % 2)  # channels 2, 3 empty
+    if large_counts:  # a bin past 2**32 in channel 1
+        hi = np.asarray(start.counts.hi).copy()
+        hi[1, np.flatnonzero(np.asarray(start.counts.lo)[1])[0]] = 3
+        start = start.replace(counts=WideCount(lo=np.asarray(start.counts.lo), hi=hi))
+    wide = np.array([-40.0, 0.3, 70.0], np.float32)
+    channels = np.array([0, 1, 2], np.int32)
+    weights = np.ones((1, 3), np.float32)
+    mine = histogram_add(start, wide, channels, weights)
+    theirs = start.add(jnp.asarray(wide), jnp.asarray(channels), jnp.asarray(weights))
+    assert int(mine.exponent) > int(start.exponent)  # the grid did widen
+    _assert_same_histogram(mine, theirs)
+
+
 def _pixel_suite(**aupimo):
     fields = ("anomaly_map", "gt_mask")
     return [
