@@ -721,14 +721,24 @@ def bool_values(values: np.ndarray) -> np.ndarray:
 
 
 def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`jaxmetrics_ad.validation.binary_channel` in numpy (no ``keep``).
+    """:func:`jaxmetrics_ad.validation.binary_channel` in numpy (no ``keep``): int32 channels, -1
+    for invalid samples, or the labels as bools when they are bools and every score is finite
+    (one byte a sample, no int32 copy).
 
     Example:
         >>> channel, invalid = binary_channel(np.array([0.5, np.inf]), np.array([1, 0]))
         >>> channel.tolist(), int(invalid)
         ([1, -1], 1)
+        >>> binary_channel(np.array([0.5, 0.2]), np.array([True, False]))[0].tolist()
+        [True, False]
     """
-    labels = bool_values(np.asarray(labels))
+    labels = np.asarray(labels)
+    if labels.dtype == np.bool_:
+        with np.errstate(invalid="ignore"):
+            finite = scores.size == 0 or bool(np.isfinite(scores.min() + scores.max()))
+        if finite:
+            return labels.view(np.uint8) != 0, scalar(0, np.int32)
+    labels = bool_values(labels)
     valid = np.isfinite(scores) & ((labels == 0) | (labels == 1))
     channel = np.where(valid, labels, -1).astype(np.int32)
     return channel, scalar(np.count_nonzero(~valid), np.int32)
