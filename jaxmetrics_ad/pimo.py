@@ -77,8 +77,10 @@ scoring ``>= t``, so AUPIMO is the integration rule applied to exact points of t
 from __future__ import annotations
 
 import math
+import threading
 import warnings
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -195,6 +197,25 @@ class _Unset:
 
 
 _UNSET: Any = _Unset()
+
+_last_host_readings = threading.local()
+
+
+def _read_once(metric: Metric, key: str, read: Callable[[], Any]) -> Any:
+    """``read()`` of ``metric``'s state, shared by the next calls with the same metric and ``key``.
+
+    An eager compute checks the integration band, reads the values, then their certified bound,
+    each from the same curves of 300,000 thresholds: a metric is immutable, so the last object's
+    numpy readings are kept (one object per thread, held weakly) and read once.
+    """
+    held = getattr(_last_host_readings, "held", None)
+    if held is None or held[0]() is not metric:
+        held = (weakref.ref(metric), {})
+        _last_host_readings.held = held
+    readings = held[1]
+    if key not in readings:
+        readings[key] = read()
+    return readings[key]
 
 
 def _is_int(value: Any) -> bool:
@@ -376,9 +397,14 @@ class _PerImageOverlapMetric(Metric):
         return thresholds, self.state.shared_fpr(thresholds.astype(np.float64))
 
     def _binned_curves(self, xp: ModuleType) -> tuple[Any, Any]:
-        """(thresholds, shared FPR) of the binned state, read with ``xp``."""
-        thresholds = pimo_binned.curve_thresholds(self.state, self.num_thresholds, xp)
-        return thresholds, pimo_binned.shared_fpr(self.state, thresholds, xp)
+        """(thresholds, shared FPR) of the binned state, read with ``xp`` (with numpy, once per
+        metric object)."""
+
+        def read() -> tuple[Any, Any]:
+            thresholds = pimo_binned.curve_thresholds(self.state, self.num_thresholds, xp)
+            return thresholds, pimo_binned.shared_fpr(self.state, thresholds, xp)
+
+        return _read_once(self, "curves", read) if xp is np else read()
 
     def _binned_pimo(self, thresholds: Any, shared_fpr: Any, xp: ModuleType) -> PIMOResult:
         tprs = pimo_binned.per_image_tprs(self.state, thresholds, xp)
@@ -614,7 +640,12 @@ class AUPIMO(_PerImageOverlapMetric):
 
     def _binned_values(self, xp: ModuleType) -> tuple[Any, Any, IntegrationBand, Any]:
         """(thresholds, shared FPR, band, AUPIMOs): one per image slot (NaN for normal images and
-        unused slots), or the mean alone without a capacity."""
+        unused slots), or the mean alone without a capacity. With numpy, once per metric object."""
+        if xp is np:
+            return _read_once(self, "values", lambda: self._read_binned_values(np))
+        return self._read_binned_values(xp)
+
+    def _read_binned_values(self, xp: ModuleType) -> tuple[Any, Any, IntegrationBand, Any]:
         thresholds, shared_fpr = self._binned_curves(xp)
         band = integration_band(shared_fpr, self.fpr_bounds, xp)
         usable = band.usable(self.force)

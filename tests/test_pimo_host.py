@@ -121,6 +121,23 @@ def test_eager_compute_compiles_no_xla_program(kind):
     assert all(isinstance(leaf, (jax.Array, int)) for leaf in leaves)
 
 
+def test_readings_shared_within_a_compute_follow_the_metric_object():
+    maps, masks = case(2)
+    first = CONFIGURATIONS["mean_with_capacity"]().update(maps[:8], masks[:8])
+    both = first.update(maps[8:], masks[8:])
+    value_first = quietly(first.compute)
+    value_both = quietly(both.compute)  # a new object: its own readings, not first's
+    fresh = CONFIGURATIONS["mean_with_capacity"]().update(maps[8:], masks[8:])
+    fresh = fresh.update(maps[:8], masks[:8])
+    assert float(value_both) == float(quietly(fresh.compute))
+    assert float(value_first) != float(value_both)
+    assert float(quietly(first.compute)) == float(value_first)  # read again, after the others
+    bound = first.error_bound()  # the bound of first's values, not of both's
+    quietly(both.compute)
+    again = CONFIGURATIONS["mean_with_capacity"]().update(maps[:8], masks[:8]).error_bound()
+    np.testing.assert_array_equal(bound, again)
+
+
 # -- one spelling: thresholds=None | int | array, as AUROC's ---------------------------------------
 
 
