@@ -172,10 +172,11 @@ def _sparse_weights(
 
 
 class _Samples(NamedTuple):
-    """Samples to bin: ``channels`` an int for all of them; ``kept`` None when all are kept;
-    ``weights`` None when all are zero, else (W, N), or (W, M) for the M samples ``weighted`` (the
-    ascending indices of those whose weights are not all zero) when it is given; ``span`` the
-    (min, max) of the kept scores when known; ``later``, when given, returns ``(weighted,
+    """Samples to bin: ``channels`` an int for all of them; ``kept`` None when all are kept but
+    those at ``left_out`` (ascending indices; None when none is); ``weights`` None when all are
+    zero, else (W, N), or (W, M) for the M samples ``weighted`` (the ascending indices of those
+    whose weights are not all zero) when it is given; ``span`` the (min, max) of the kept scores
+    when known; ``later``, when given, returns ``(weighted,
     weights)`` (dense: ``weighted`` None), to be called only once the counts are binned."""
 
     scores: np.ndarray
@@ -185,6 +186,7 @@ class _Samples(NamedTuple):
     weighted: np.ndarray | None = None
     span: tuple[np.float32, np.float32] | None = None
     later: Callable[[], tuple[np.ndarray | None, np.ndarray]] | None = None
+    left_out: np.ndarray | None = None
 
     def has_weights(self) -> bool:
         return self.weights is not None or self.later is not None
@@ -197,7 +199,8 @@ class _Samples(NamedTuple):
         return self._replace(weighted=weighted, weights=weights, later=None)
 
     def take(self, index: np.ndarray) -> _Samples:
-        """The samples at ``index``, with dense weights (found later when this set's are)."""
+        """The samples at ``index``, with dense weights (found later when this set's are); for a
+        set without ``left_out``."""
         if self.later is not None:
             taken = self._replace(later=None).take(index)
             return taken._replace(
@@ -225,6 +228,9 @@ class _Samples(NamedTuple):
             weights = self.weights[:, index]
         if self.kept is not None:
             kept = self.kept[index]
+            index, weights = index[kept], weights[:, kept]
+        elif self.left_out is not None and self.left_out.size:
+            kept = ~np.isin(index, self.left_out, assume_unique=True)
             index, weights = index[kept], weights[:, kept]
         return index, weights
 
@@ -307,11 +313,12 @@ def _add_with_tails(histogram, batch: _Samples) -> Any:
     in_high = pool_scores > high_cut
     in_low = (pool_scores < low_cut) & ~in_high
     rest = batch
-    if picked.size:
-        rest_kept = np.ones(scores.shape, bool) if batch.kept is None else batch.kept.copy()
+    if picked.size and batch.kept is None:  # a few samples out of many: left out by index
+        rest = batch._replace(left_out=picked, span=_range_without(scores, picked))
+    elif picked.size:
+        rest_kept = batch.kept.copy()
         rest_kept[picked] = False
-        span = _range_without(scores, picked) if batch.kept is None else None
-        rest = batch._replace(kept=rest_kept, span=span)
+        rest = batch._replace(kept=rest_kept, span=None)
     binned = _add_binned(histogram, [pool._replace(kept=~in_high & ~in_low), rest])
     channels, weights = pool.channel_values(), pool.weight_values(num_weights)  # after binning
 
@@ -502,10 +509,14 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
                 np.add.at(summed[row], bins, values[row])
     rows = slice(first, first + written)
     batch = batch_counts[:-1].reshape(written, num_bins).astype(np.uint32)
-    lo, hi = grown.counts.lo.copy(), grown.counts.hi.copy()
-    part_lo = lo[rows] + batch
-    hi[rows] = hi[rows] + (part_lo < lo[rows]).astype(np.uint32)
+    held_lo, hi = grown.counts.lo, grown.counts.hi
+    part_lo = held_lo[rows] + batch
+    carried = part_lo < held_lo[rows]
+    lo = held_lo.copy()
     lo[rows] = part_lo
+    if carried.any():  # else the high words are those held (states are never written in place)
+        hi = hi.copy()
+        hi[rows] += carried.astype(np.uint32)
     new_weights = grown.weights
     if grown.weights.shape[0]:
         new_weights = grown.weights + summed
@@ -514,7 +525,11 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
 
 def _chunks(samples: _Samples, size: int) -> Iterator[_Samples]:
     """The samples in consecutive slices of ``size`` (views; weights left out)."""
-    for start in range(0, samples.scores.shape[0], size):
+    starts = range(0, samples.scores.shape[0], size)
+    left_out = samples.left_out
+    if left_out is not None:
+        bounds = np.searchsorted(left_out, [*starts, samples.scores.shape[0]])
+    for number, start in enumerate(starts):
         part = slice(start, start + size)
         channels = samples.channels
         yield _Samples(
@@ -522,6 +537,9 @@ def _chunks(samples: _Samples, size: int) -> Iterator[_Samples]:
             channels if isinstance(channels, int) else channels[part],
             None if samples.kept is None else samples.kept[part],
             None,
+            left_out=None
+            if left_out is None
+            else left_out[bounds[number] : bounds[number + 1]] - start,
         )
 
 
@@ -530,6 +548,8 @@ def _kept_range(samples: _Samples) -> tuple[np.float32, np.float32]:
     scores = samples.scores
     if samples.span is not None:
         return samples.span
+    if samples.left_out is not None:
+        return _range_without(scores, samples.left_out)
     if samples.kept is None:
         return scores.min(), scores.max()
     lowest = np.min(scores, where=samples.kept, initial=np.float32(np.inf))
@@ -542,7 +562,8 @@ def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.n
     reads without a copy), ``overflow`` for the samples not kept.
 
     On an auto-ranging grid whose slots are below 2**24, the slot is computed in float32, where
-    every such integer is exact.
+    every such integer is exact, and without clipping: the grid covers every kept score (see
+    ``_add_binned``), the others are set to ``overflow`` before the cast.
     """
     num_bins = histogram.num_bins
     channels = samples.channels
@@ -554,8 +575,10 @@ def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.n
             flat += (channels.astype(np.intp) - first) * num_bins
         if samples.kept is not None:
             flat[~samples.kept] = overflow
+        if samples.left_out is not None:
+            flat[samples.left_out] = overflow
         return flat
-    cell = _cell(histogram, samples.scores)
+    cell = _cell(histogram, samples.scores, clip=False)
     if isinstance(channels, int):
         cell += np.float32((channels - first) * num_bins)
     else:
@@ -564,6 +587,8 @@ def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.n
             cell -= np.float32(first * num_bins)
     if samples.kept is not None:
         cell[~samples.kept] = np.float32(overflow)
+    if samples.left_out is not None:
+        cell[samples.left_out] = np.float32(overflow)
     return cell.astype(np.intp)
 
 
@@ -580,13 +605,15 @@ def _bin_index(histogram, scores: np.ndarray) -> np.ndarray:
         return _cell(histogram, scores).astype(np.int32)
 
 
-def _cell(histogram, scores: np.ndarray) -> np.ndarray:
-    """Each score's bin on the auto-ranging grid, as float32 (NaN where the score is NaN)."""
+def _cell(histogram, scores: np.ndarray, clip: bool = True) -> np.ndarray:
+    """Each score's bin on the auto-ranging grid, as float32 (NaN where the score is NaN), clipped
+    to the grid unless ``clip`` is False (for scores the grid covers: their bins are in it)."""
     with np.errstate(invalid="ignore", over="ignore"):
         cell = np.multiply(scores, _power_of_two(-int(histogram.exponent)), dtype=np.float32)
         np.floor(cell, out=cell)
         cell -= np.float32(int(histogram.offset))
-        np.clip(cell, 0, histogram.num_bins - 1, out=cell)
+        if clip:
+            np.clip(cell, 0, histogram.num_bins - 1, out=cell)
         return cell
 
 
@@ -631,17 +658,20 @@ def _cover(histogram, low: np.float32, high: np.float32) -> Any:
     if not empty and (exponent, offset) != (old_exponent, old_offset):
         num_bins = histogram.num_bins
         shift = min(max(exponent - old_exponent, 0), _INT32_MAX_SHIFT)
+        # each old bin's new one: never decreasing, by steps of 0 or 1, so the old bins inside the
+        # new grid are a slice, and so are the new bins they land in
         target = ((old_offset + np.arange(num_bins, dtype=np.int64)) >> shift) - offset
-        inside = (target >= 0) & (target < num_bins)
+        inside = slice(*np.searchsorted(target, [0, num_bins]))
         target = target[inside]
-
-        starts = np.flatnonzero(np.diff(target, prepend=-1))  # ``target`` never decreases
+        starts = np.flatnonzero(np.diff(target, prepend=-1))
         whole = target.shape[0] == starts.shape[0]
+        landing = slice(int(target[0]), int(target[0]) + starts.shape[0]) if target.size else inside
 
         def move(values: np.ndarray) -> np.ndarray:  # added in the dtype of ``values``, in order
             moved = np.zeros_like(values)
             kept = values[:, inside]
-            moved[:, target[starts]] = kept if whole else np.add.reduceat(kept, starts, axis=1)
+            if target.size:
+                moved[:, landing] = kept if whole else np.add.reduceat(kept, starts, axis=1)
             return moved
 
         counts = _move_counts(counts, move)
