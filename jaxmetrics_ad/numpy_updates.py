@@ -580,7 +580,8 @@ def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.n
         return flat
     cell = _cell(histogram, samples.scores, clip=False)
     if isinstance(channels, int):
-        cell += np.float32((channels - first) * num_bins)
+        if channels != first:
+            cell += np.float32((channels - first) * num_bins)
     else:
         cell += np.multiply(channels, np.float32(num_bins), dtype=np.float32)
         if first:
@@ -918,7 +919,10 @@ def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[
     if readable is not None:
         positive &= readable
     normal_rows = np.flatnonzero(~is_anomalous)
-    normal_scores = scores[normal_rows]
+    if normal_rows.size and normal_rows[-1] - normal_rows[0] + 1 == normal_rows.size:
+        normal_scores = scores[normal_rows[0] : normal_rows[-1] + 1]  # consecutive rows: a view
+    else:
+        normal_scores = scores[normal_rows]
     normal_kept = None if readable is None else readable[normal_rows]
     normal_channels = 0 if normal_kept is None else np.where(normal_kept, 0, -1)
     normal = histogram_add(state.normal, normal_scores, normal_channels)
