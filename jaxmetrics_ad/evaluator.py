@@ -290,9 +290,24 @@ class Evaluator:
         metrics = self._stages[index]
         if is_traced(*jax.tree_util.tree_leaves(self), *jax.tree_util.tree_leaves(batch)):
             return self._update_stage(index, batch, valid, eager=False)
-        # eagerly, each field is converted to a jax array and value-checked once, not per metric
+        # eagerly, each field is value-checked and converted once, not per metric: to a jax array,
+        # or kept in numpy when only eager numpy updates read it
         with checks_once():
-            return self._update_stage(index, _converted_fields(batch, metrics), valid)
+            converted = _converted_fields(batch, metrics, self._host_fields(index, valid))
+            return self._update_stage(index, converted, valid)
+
+    def _host_fields(self, index: int, valid: Any) -> frozenset[str]:
+        """The fields only eager numpy updates read (they stay numpy: no copy to a jax array)."""
+        if valid is not None or not numpy_updates_apply():
+            return frozenset()
+        metrics, plan = self._stages[index], self._plan[index]
+        leaders = [metrics[i] for i in range(len(metrics)) if plan[i] == i]
+        on_host = set()
+        for field in {field for metric in leaders for field in metric.fields}:
+            readers = [metric for metric in leaders if field in metric.fields]
+            if all(m._updates_in_numpy() and not m._state_grows() for m in readers):
+                on_host.add(field)
+        return frozenset(on_host)
 
     def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]
@@ -483,13 +498,18 @@ def _check_same_plan(mine: Evaluator, plan: tuple, action: str) -> None:
     )
 
 
-def _converted_fields(batch: Any, metrics: Sequence[Metric]) -> dict[str, Any]:
-    """The batch as a dict, the fields some metric reads converted to jax arrays once."""
+def _converted_fields(
+    batch: Any, metrics: Sequence[Metric], on_host: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The batch as a dict, the fields some metric reads checked and converted once: to jax arrays,
+    or to the numpy arrays they would hold for the fields ``on_host``."""
     read = {field for metric in metrics for field in metric.fields}
     converted = {}
     for name in available_fields(batch):
         value = read_field(batch, name)
-        converted[name] = as_array(value, name) if name in read and value is not None else value
+        if name in read and value is not None:
+            value = as_array(value, name, on_host=name in on_host)
+        converted[name] = value
     return converted
 
 

@@ -55,11 +55,8 @@ _INT32_MAX_SHIFT = 31
 _MANTISSA_BITS = 24
 _CHUNK = 1 << 17  # samples binned at a time: a float32 chunk and its slots fit in a core's L2
 _FLOAT_SLOTS = 1 << _MANTISSA_BITS  # slots below this are exact in float32
-_LABEL_PIXELS = 1 << 18  # pixels labelled per scipy call (a few images)
 _GUESS_SAMPLES = 1 << 15  # scores sampled to guess where the tails of a large batch begin
-# 8-connected within each image, nothing across images: one scipy call labels a whole batch
-_BATCH_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)
-_BATCH_EIGHT_CONNECTED[1] = True
+_EIGHT_CONNECTED = np.ones((3, 3), bool)
 
 
 @contextlib.contextmanager
@@ -797,35 +794,38 @@ def region_weights(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     region pixels, their 1/|region| weights (1, M) and the number of regions (8-connected regions
     within each image, as ``pro._pixel_samples`` with ``exact=False``).
 
-    Images are labelled a few at a time (about ``_LABEL_PIXELS`` pixels per scipy call, only those
-    with a region), so that a call's labels stay in the cache and its buffers are reused.
+    The mask pixels are labelled in one scipy call per batch, on a canvas that stacks each image's
+    bounding box of them, a blank row between two (a region lies inside its image's box, and no
+    region can reach across the blank row, so the canvas has the regions of the images): masks
+    cover a small part of their images, and labelling whole images cost more than the histogram
+    counts.
 
     Example:
         >>> in_region, weights, regions = region_weights(np.array([[[1, 0, 1], [0, 0, 1]]], bool))
         >>> in_region.tolist(), weights[0].tolist(), int(regions)
         ([0, 2, 5], [1.0, 0.5, 0.5], 2)
     """
-    num_images, image_pixels = mask.shape[0], math.prod(mask.shape[1:])
-    with_regions = mask.reshape(num_images, image_pixels).any(axis=1)
-    group = max(1, _LABEL_PIXELS // max(image_pixels, 1))
-    indices, weights, num_regions = [], [], 0
-    for start in range(0, num_images, group):
-        rows = np.flatnonzero(with_regions[start : start + group])
-        if not rows.size:
-            continue
-        images = mask[start : start + group]
-        if rows.shape[0] < images.shape[0]:
-            images = images[rows]
-        labels, count = ndimage.label(images, structure=_BATCH_EIGHT_CONNECTED)
-        in_labels = np.flatnonzero(images)  # the labelled pixels (a bool scan: 4x faster)
-        region_of = labels.ravel()[in_labels]
-        sizes = np.bincount(region_of, minlength=count + 1).astype(np.float32)
-        weights.append(np.float32(1.0) / sizes[region_of])
-        image, pixel = np.divmod(in_labels, image_pixels)
-        indices.append((start + rows[image]) * image_pixels + pixel)
-        num_regions += count
-    in_region = np.concatenate(indices) if indices else np.zeros(0, np.int64)
-    weight_row = (np.concatenate(weights) if weights else np.zeros(0, np.float32))[None, :]
+    width, image_pixels = mask.shape[-1], math.prod(mask.shape[1:])
+    in_region = np.flatnonzero(mask)
+    if not in_region.size:
+        return in_region, np.zeros((1, 0), np.float32), scalar(0, np.int32)
+    image, pixel = np.divmod(in_region, image_pixels)
+    row, column = np.divmod(pixel, width)
+    starts = np.flatnonzero(np.diff(image, prepend=-1))  # each image's first mask pixel
+    ends = np.append(starts[1:], in_region.shape[0])
+    top, bottom = row[starts], row[ends - 1]  # rows ascend within an image
+    left = np.minimum.reduceat(column, starts)
+    box_width = int((np.maximum.reduceat(column, starts) - left).max()) + 1
+    spacing = bottom - top + 2  # a box's rows and the blank one after it
+    first_row = np.cumsum(spacing) - spacing
+    canvas_row = row + np.repeat(first_row - top, ends - starts)
+    canvas_column = column - np.repeat(left, ends - starts)
+    canvas = np.zeros((int(first_row[-1] + spacing[-1]), box_width), bool)
+    canvas[canvas_row, canvas_column] = True
+    labels, num_regions = ndimage.label(canvas, structure=_EIGHT_CONNECTED)
+    region_of = labels[canvas_row, canvas_column]
+    sizes = np.bincount(region_of, minlength=num_regions + 1).astype(np.float32)
+    weight_row = (np.float32(1.0) / sizes[region_of])[None, :]
     return in_region, weight_row, scalar(num_regions, np.int32)
 
 

@@ -58,8 +58,13 @@ def outside_traces() -> bool:
     return trace_state_clean()
 
 
-def as_array(value: object, field: str) -> jax.Array:
+def as_array(value: object, field: str, on_host: bool = False) -> jax.Array | np.ndarray:
     """``value`` as a jax array whose values mean what they meant, or an error naming the field.
+
+    With ``on_host``, a value that is not a jax array comes back as the numpy array the jax one
+    would hold (no copy to a device buffer, e.g. for the eager numpy updates of
+    :mod:`jaxmetrics_ad.numpy_updates`); within the open :func:`checks_once` block, ``as_array``
+    passes that array through as it is.
 
     Values are checked before any cast, because jax's casts are silent: without ``jax_enable_x64``
     int64 becomes int32 (``2**32 + 1`` would read as 1) and float64 becomes float32 (``1e39``
@@ -73,6 +78,8 @@ def as_array(value: object, field: str) -> jax.Array:
         >>> import numpy as np
         >>> as_array(np.array([0, 255], np.uint8).view(bool), "gt_mask").astype(int).tolist()
         [0, 1]
+        >>> type(as_array([0.5, 0.7], "anomaly_map", on_host=True)).__name__
+        'ndarray'
         >>> as_array(np.array([1, 2**40]), "pred_score")
         Traceback (most recent call last):
         ...
@@ -80,6 +87,8 @@ def as_array(value: object, field: str) -> jax.Array:
     """
     if value is None:
         raise TypeError(f"{field}: expected an array, got None")
+    if isinstance(value, np.ndarray) and _already_passed(value, "host"):
+        return value  # made by this function (on_host) in the open checks_once block
     if not isinstance(value, jax.Array):
         try:
             value = np.asarray(value)
@@ -88,14 +97,12 @@ def as_array(value: object, field: str) -> jax.Array:
         _check_representable(value, field)
         if value.dtype == np.bool_:  # re-made on the host: no eager XLA op per batch shape
             raw = value.view(np.uint8)
-            cleaned = jax.device_put(value if raw.max(initial=0) <= 1 else raw != 0)
-            _passed(cleaned, "clean")
-            return cleaned
+            return _placed(value if raw.max(initial=0) <= 1 else raw != 0, on_host, "clean")
         if jnp.issubdtype(value.dtype, jnp.number) and not jnp.issubdtype(
             value.dtype, jnp.complexfloating
         ):  # cast on the host (values checked above): jnp.asarray would compile a convert
             dtype = jax.dtypes.canonicalize_dtype(value.dtype)
-            return jax.device_put(value.astype(dtype, copy=False))
+            return _placed(value.astype(dtype, copy=False), on_host)
     elif not (jnp.issubdtype(value.dtype, jnp.number) or value.dtype == jnp.bool_):
         raise TypeError(
             f"{field}: expected a real numeric or boolean array, got dtype {value.dtype}"
@@ -107,6 +114,16 @@ def as_array(value: object, field: str) -> jax.Array:
     if value.dtype == jnp.bool_ and _already_passed(value, "clean"):
         return value  # made by this function in the open checks_once block
     return clean_bool(jnp.asarray(value))
+
+
+def _placed(values: np.ndarray, on_host: bool, check: str | None = None) -> jax.Array | np.ndarray:
+    """Checked host values as they are (``on_host``) or in a jax array, marked as passed."""
+    placed = values if on_host else jax.device_put(values)
+    if on_host:
+        _passed(placed, "host")
+    if check is not None:
+        _passed(placed, check)
+    return placed
 
 
 def clean_bool(values: jax.Array) -> jax.Array:
@@ -243,7 +260,9 @@ def _checkable(values: jax.Array) -> tuple[object, object]:
     compile once per batch shape (a ragged last batch pays it again). Arrays on an accelerator are
     checked where they are.
     """
-    if all(device.platform == "cpu" for device in values.devices()):
+    if isinstance(values, np.ndarray) or all(
+        device.platform == "cpu" for device in values.devices()
+    ):
         return np, np.asarray(values)
     return jnp, values
 

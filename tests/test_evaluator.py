@@ -330,3 +330,64 @@ def test_the_repr_lists_each_stage_and_metric():
     assert text.startswith("Evaluator(\n  val_metrics=[\n    F1AdaptiveThreshold(")
     assert "test_metrics=[\n    AUROC(" in text and "prefix='image_'" in text
     assert repr(jm.Evaluator()) == "Evaluator()"
+
+
+def _counting_device_puts(monkeypatch) -> list[tuple[int, ...]]:
+    """The shapes of the arrays validation copies to a jax device buffer from now on."""
+    from jaxmetrics_ad import validation
+
+    shapes: list[tuple[int, ...]] = []
+    device_put = validation.jax.device_put
+
+    def counted(value, *args, **kwargs):
+        shapes.append(np.shape(value))
+        return device_put(value, *args, **kwargs)
+
+    monkeypatch.setattr(validation.jax, "device_put", counted)
+    return shapes
+
+
+def test_fields_only_numpy_updates_read_stay_numpy_and_give_the_same_values(category, monkeypatch):
+    batch = {"anomaly_map": category.anomaly_maps, "gt_mask": category.gt_masks}
+    metrics = [
+        jm.AUROC(thresholds=BINS, fields=("anomaly_map", "gt_mask"), prefix="pixel_"),
+        jm.AUPRO(thresholds=BINS, prefix="pixel_"),
+    ]
+    want = {
+        m.name: float(m.update(jax.numpy.asarray(batch["anomaly_map"]), batch["gt_mask"]).compute())
+        for m in metrics
+    }
+    copied = _counting_device_puts(monkeypatch)
+    updated = jm.Evaluator(test_metrics=metrics).update(batch)
+    assert category.anomaly_maps.shape not in copied  # neither maps nor masks were copied
+    found = updated.compute()
+    assert {name: float(value) for name, value in found.items()} == want
+
+
+def test_a_field_an_exact_metric_also_reads_is_copied_to_jax_once(category, monkeypatch):
+    batch = {"anomaly_map": category.anomaly_maps, "gt_mask": category.gt_masks}
+    metrics = [
+        jm.AUROC(thresholds=BINS, fields=("anomaly_map", "gt_mask"), prefix="binned_"),
+        jm.AUROC(fields=("anomaly_map", "gt_mask"), prefix="exact_"),
+    ]
+    copied = _counting_device_puts(monkeypatch)
+    found = jm.Evaluator(test_metrics=metrics).update(batch).compute()
+    assert copied.count(category.anomaly_maps.shape) == 2  # the maps and the masks, once each
+    sklearn = roc_auc_score(category.gt_masks.ravel(), category.anomaly_maps.ravel())
+    assert float(found["exact_AUROC"]) == pytest.approx(sklearn, abs=1e-6)
+    assert float(found["binned_AUROC"]) == pytest.approx(sklearn, abs=2e-3)
+
+
+def test_host_fields_are_checked_as_jax_ones_are(category):
+    maps, masks = category.anomaly_maps, category.gt_masks
+    evaluator = jm.Evaluator(test_metrics=[jm.AUPRO(thresholds=BINS)])
+    raw = masks.astype(np.uint8) * 255  # a True stored as 0xFF, as Pillow gives 1-bit masks
+    stored = evaluator.update({"anomaly_map": maps, "gt_mask": raw.view(bool)})
+    clean = evaluator.update({"anomaly_map": maps, "gt_mask": masks})
+    assert float(stored.compute()["AUPRO"]) == float(clean.compute()["AUPRO"])
+    with pytest.raises(ValueError, match="anomaly_map: values must fit in float32"):
+        evaluator.update({"anomaly_map": np.full(maps.shape, 1e300), "gt_mask": masks})
+    with pytest.raises(ValueError, match="anomaly_map: 1 of"):
+        bad = maps.copy()
+        bad[0, 0, 0] = np.nan
+        evaluator.update({"anomaly_map": bad, "gt_mask": masks})

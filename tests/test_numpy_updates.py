@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 import jaxmetrics_ad as jm
 from jaxmetrics_ad import numpy_updates
@@ -289,11 +290,35 @@ def test_range_without_some_scores_is_the_masked_range(monkeypatch):
         assert numpy_updates._range_without(scores, left_out) == want
 
 
-@pytest.mark.parametrize("label_pixels, cores", [(1, 2), (3 * 40 * 48, 2), (1 << 18, 1)])
-def test_aupro_labelled_a_few_images_at_a_time_or_on_one_core_matches_xla(
-    monkeypatch, label_pixels, cores
-):
-    monkeypatch.setattr(numpy_updates, "_LABEL_PIXELS", label_pixels)
+def _region_weights_image_by_image(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """The reference: each whole image labelled on its own by scipy (8-connected)."""
+    indices, weights, count = [], [], 0
+    for number, image in enumerate(mask):
+        labels, found = ndimage.label(image, structure=np.ones((3, 3)))
+        pixels = np.flatnonzero(image)
+        region_of = labels.ravel()[pixels]
+        sizes = np.bincount(region_of).astype(np.float32)
+        indices.append(number * image.size + pixels)
+        weights.append(np.float32(1.0) / sizes[region_of])
+        count += found
+    return np.concatenate(indices), np.concatenate(weights), count
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_region_weights_on_stacked_boxes_are_those_of_each_whole_image(seed):
+    rng = np.random.default_rng(seed)
+    for _ in range(50):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 14)), int(rng.integers(1, 14)))
+        mask = rng.random(shape) < rng.random()  # empty to full, regions touching the borders
+        in_region, weights, regions = numpy_updates.region_weights(mask)
+        want_index, want_weights, want_regions = _region_weights_image_by_image(mask)
+        np.testing.assert_array_equal(in_region, want_index)
+        np.testing.assert_array_equal(weights[0], want_weights)
+        assert int(regions) == want_regions
+
+
+@pytest.mark.parametrize("cores", [2, 1])
+def test_aupro_labelled_in_the_background_or_on_one_core_matches_xla(monkeypatch, cores):
     monkeypatch.setattr(numpy_updates, "_cores", lambda: cores)
     data = make_category(num_normal=5, num_anomalous=9, size=(40, 48), seed=6)
     order = np.random.default_rng(0).permutation(14)  # normal images inside the label groups
