@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxmetrics_ad.counts import WideCount
-from jaxmetrics_ad.validation import is_traced
+from jaxmetrics_ad.validation import is_traced, known_range
 
 _ENABLED = [True]
 _WORKER: list[ThreadPoolExecutor] = []  # made on first use; a forked child makes its own
@@ -254,11 +254,28 @@ def _kept(
     valid_channels = isinstance(channels, int) and channels >= 0
     if not isinstance(channels, int):
         valid_channels = channels.dtype == np.bool_ or bool(channels.min() >= 0)
-    with np.errstate(invalid="ignore"):
-        lowest, highest = scores.min(), scores.max()
+    lowest, highest = _score_range(scores)
     if np.isfinite(lowest) and np.isfinite(highest) and valid_channels:
         return None, (lowest, highest)
     return np.isfinite(scores) & (channels >= 0), None
+
+
+def _score_range(scores: np.ndarray) -> tuple[np.generic, np.generic]:
+    """(min, max) of the scores (NaN when one is NaN): the range the input check found when it
+    checked these very values, else two reductions."""
+    found = known_range(scores)
+    if found is not None:
+        return found
+    with np.errstate(invalid="ignore"):
+        return scores.min(), scores.max()
+
+
+def _finite(scores: np.ndarray) -> bool:
+    """Whether every score is finite (two reductions, or none when the input check found it)."""
+    if scores.size == 0:
+        return True
+    lowest, highest = _score_range(scores)
+    return bool(np.isfinite(lowest) and np.isfinite(highest))
 
 
 def _add_with_tails(histogram, batch: _Samples) -> Any:
@@ -762,9 +779,7 @@ def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     """
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:
-        with np.errstate(invalid="ignore"):
-            finite = scores.size == 0 or bool(np.isfinite(scores.min() + scores.max()))
-        if finite:
+        if _finite(scores):
             return labels.view(np.uint8) != 0, scalar(0, np.int32)
     labels = bool_values(labels)
     valid = np.isfinite(scores) & ((labels == 0) | (labels == 1))
@@ -843,9 +858,7 @@ def pixel_channels(
     """
     scores = np.ravel(maps).astype(np.float32, copy=False)
     channels = mask.ravel()  # bools are channels 0 and 1: no int copy of the batch
-    with np.errstate(invalid="ignore"):
-        finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
-    if not finite:
+    if not _finite(scores):
         not_finite = ~np.isfinite(scores)
         channels = channels.astype(np.int32)
         channels[not_finite] = -1
@@ -907,9 +920,7 @@ def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[
     else:
         positive = labels == 1
         readable = positive | (labels == 0)
-    with np.errstate(invalid="ignore"):
-        finite = scores.size == 0 or bool(np.isfinite(scores.min()) and np.isfinite(scores.max()))
-    if not finite:
+    if not _finite(scores):
         readable = np.isfinite(scores) if readable is None else readable & np.isfinite(scores)
     if readable is not None and readable.all():
         readable = None

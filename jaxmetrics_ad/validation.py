@@ -182,7 +182,7 @@ def check_same_shape(first: jax.Array, first_field: str, second: jax.Array, seco
         )
 
 
-_PASSED: dict[tuple[int, str], object] | None = None  # checks passed in the open ``checks_once``
+_PASSED: dict[tuple, object] | None = None  # checks passed in the open ``checks_once``
 
 
 @contextlib.contextmanager
@@ -217,6 +217,34 @@ def _passed(values: object, check: str) -> None:
         _PASSED[(id(values), check)] = values
 
 
+def known_range(values: np.ndarray) -> tuple[np.generic, np.generic] | None:
+    """The (min, max) of finite float ``values`` that :func:`check_finite` found in the open
+    :func:`checks_once` block, for any contiguous numpy view of the array it checked (a reshape,
+    a ravel, the numpy view of a CPU jax array); None when it checked no such array.
+
+    Example:
+        >>> import numpy as np
+        >>> maps = np.array([[0.25, 0.5], [0.75, 1.0]], np.float32)
+        >>> with checks_once():
+        ...     check_finite(maps, "anomaly_map")
+        ...     [float(v) for v in known_range(maps.ravel())]
+        [0.25, 1.0]
+        >>> known_range(maps) is None  # outside the block
+        True
+    """
+    key = _buffer_key(values)
+    if _PASSED is None or key is None or key not in _PASSED:
+        return None
+    return _PASSED[key][1]
+
+
+def _buffer_key(values: np.ndarray) -> tuple | None:
+    """Contiguous arrays with this key hold the same values (same buffer, size and type)."""
+    if not isinstance(values, np.ndarray) or not values.flags.c_contiguous:
+        return None
+    return ("range", values.__array_interface__["data"][0], values.size, values.dtype.str)
+
+
 def check_finite(scores: jax.Array, field: str) -> None:
     """Eagerly raise ValueError when ``scores`` holds NaN or inf, or integers past 2**24 (which
     float32, the type scores are compared in, cannot all tell apart); no-op inside jit.
@@ -242,9 +270,14 @@ def check_finite(scores: jax.Array, field: str) -> None:
     if not jnp.issubdtype(scores.dtype, jnp.floating):
         return
     xp, values = _checkable(scores)
-    if xp is np and np.isfinite(values.min()) and np.isfinite(values.max()):
-        _passed(scores, "finite")  # two reductions, no temporary the size of the batch
-        return
+    if xp is np:
+        lowest, highest = values.min(), values.max()
+        if np.isfinite(lowest) and np.isfinite(highest):
+            _passed(scores, "finite")  # two reductions, no temporary the size of the batch
+            key = _buffer_key(values)
+            if key is not None and _PASSED is not None:  # kept alive: the buffer is not reused
+                _PASSED[key] = (values, (lowest, highest))
+            return
     bad = int(xp.sum(~xp.isfinite(values)))
     if bad:
         raise ValueError(

@@ -339,3 +339,19 @@ def test_work_in_the_background_raises_its_errors_where_its_result_is_read(monke
         with pytest.raises(ValueError):
             failed.result()
         assert numpy_updates.in_background(np.add, 1, 2).result() == 3
+
+
+def test_the_range_the_input_check_found_is_the_range_binned():
+    from jaxmetrics_ad.validation import check_finite, checks_once, known_range
+
+    rng = np.random.default_rng(8)
+    maps = rng.normal(size=(4, 30, 20)).astype(np.float32)
+    channels = rng.random(maps.size) < 0.3
+    start = ScoreHistogram.auto(num_bins=64, num_channels=2)  # no tails: the range is the grid's
+    with checks_once():
+        check_finite(maps, "anomaly_map")
+        assert known_range(maps.ravel()) == (maps.min(), maps.max())
+        assert known_range(maps[1:]) is None  # another buffer
+        mine = histogram_add(start, maps.ravel(), channels)
+    theirs = start.add(jnp.asarray(maps.ravel()), jnp.asarray(channels))
+    _assert_same_histogram(mine, theirs)
