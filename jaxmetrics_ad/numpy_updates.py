@@ -526,10 +526,11 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
     held_lo, hi = grown.counts.lo, grown.counts.hi
     part_lo = held_lo[rows] + batch
     carried = part_lo < held_lo[rows]
-    lo = held_lo.copy()
+    # states are never written in place, but counts the grid move just made are this update's own
+    lo = held_lo if held_lo is not histogram.counts.lo else held_lo.copy()
     lo[rows] = part_lo
-    if carried.any():  # else the high words are those held (states are never written in place)
-        hi = hi.copy()
+    if carried.any():  # else the high words are those held
+        hi = hi if hi is not histogram.counts.hi else hi.copy()
         hi[rows] += carried.astype(np.uint32)
     new_weights = grown.weights
     if grown.weights.shape[0]:

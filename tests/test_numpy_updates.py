@@ -355,3 +355,20 @@ def test_the_range_the_input_check_found_is_the_range_binned():
         mine = histogram_add(start, maps.ravel(), channels)
     theirs = start.add(jnp.asarray(maps.ravel()), jnp.asarray(channels))
     _assert_same_histogram(mine, theirs)
+
+
+@pytest.mark.parametrize("widen", [False, True])
+def test_an_update_leaves_the_state_it_started_from_as_it_was(widen):
+    rng = np.random.default_rng(9)
+    start = histogram_add(
+        ScoreHistogram.auto(num_bins=32, num_channels=3),
+        rng.random(500).astype(np.float32),
+        rng.integers(0, 3, 500).astype(np.int32),
+    )
+    before = jax.tree_util.tree_map(np.copy, start)
+    scores = rng.random(200).astype(np.float32) * (8 if widen else 1)  # 8: the grid moves
+    channels = rng.integers(1, 3, 200).astype(np.int32)
+    later = histogram_add(start, scores, channels, window=(1, 2))  # channels 1 and 2 only
+    assert (int(later.exponent) != int(start.exponent)) == widen
+    for kept, held in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(start)):
+        np.testing.assert_array_equal(np.asarray(held), kept)
