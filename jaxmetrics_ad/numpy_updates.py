@@ -510,9 +510,10 @@ def _add_binned(histogram, sets: list[_Samples], window: tuple[int, int] | None 
     # in chunks that stay in the cache: a pass over a chunk costs a fraction of one over the batch,
     # and the chunks' buffers are reused instead of fresh pages being faulted in for each batch
     chunk = max(_CHUNK, 4 * (overflow + 1))
+    slots = np.empty(min(chunk, max(s.scores.shape[0] for s in sets)), np.intp)  # reused
     for samples in sets:
         for part in _chunks(samples, chunk):
-            flat = _flat_index(grown, part, first, overflow)
+            flat = _flat_index(grown, part, first, overflow, slots)
             batch_counts += np.bincount(flat, minlength=overflow + 1)
     for samples in sets:
         if samples.has_weights() and samples.scores.size:
@@ -572,13 +573,16 @@ def _kept_range(samples: _Samples) -> tuple[np.float32, np.float32]:
     return np.float32(lowest), np.float32(highest)
 
 
-def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.ndarray:
+def _flat_index(
+    histogram, samples: _Samples, first: int, overflow: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Each sample's slot ``(channel - first) * num_bins + bin`` as intp (what ``np.bincount``
-    reads without a copy), ``overflow`` for the samples not kept.
+    reads without a copy), ``overflow`` for the samples not kept; written into ``out`` (an intp
+    buffer at least as long as the samples) when it is given.
 
     On an auto-ranging grid whose slots are below 2**24, the slot is computed in float32, where
-    every such integer is exact, and without clipping: the grid covers every kept score (see
-    ``_add_binned``), the others are set to ``overflow`` before the cast.
+    every such integer is exact, and cast as it is written (no clipping: the grid covers every
+    kept score, see ``_add_binned``); the samples not kept are set to ``overflow`` after the cast.
     """
     num_bins = histogram.num_bins
     channels = samples.channels
@@ -594,18 +598,20 @@ def _flat_index(histogram, samples: _Samples, first: int, overflow: int) -> np.n
             flat[samples.left_out] = overflow
         return flat
     cell = _cell(histogram, samples.scores, clip=False)
-    if isinstance(channels, int):
-        if channels != first:
-            cell += np.float32((channels - first) * num_bins)
-    else:
-        cell += np.multiply(channels, np.float32(num_bins), dtype=np.float32)
-        if first:
-            cell -= np.float32(first * num_bins)
+    flat = np.empty(cell.shape, np.intp) if out is None else out[: cell.shape[0]]
+    with np.errstate(invalid="ignore"):  # samples not kept may not cast: set to overflow below
+        if isinstance(channels, int):
+            np.add(cell, np.float32((channels - first) * num_bins), out=flat, casting="unsafe")
+        else:
+            rows = np.multiply(channels, np.float32(num_bins), dtype=np.float32)
+            if first:
+                rows -= np.float32(first * num_bins)
+            np.add(cell, rows, out=flat, casting="unsafe")  # added in float32, then cast
     if samples.kept is not None:
-        cell[~samples.kept] = np.float32(overflow)
+        flat[~samples.kept] = overflow
     if samples.left_out is not None:
-        cell[samples.left_out] = np.float32(overflow)
-    return cell.astype(np.intp)
+        flat[samples.left_out] = overflow
+    return flat
 
 
 def _bin_index(histogram, scores: np.ndarray) -> np.ndarray:
@@ -684,7 +690,7 @@ def _cover(histogram, low: np.float32, high: np.float32) -> Any:
         landing = slice(int(target[0]), int(target[0]) + starts.shape[0]) if target.size else inside
 
         def move(values: np.ndarray) -> np.ndarray:  # added in the dtype of ``values``, in order
-            moved = np.zeros_like(values)
+            moved = np.zeros(values.shape, values.dtype)  # calloc: untouched pages cost nothing
             kept = values[:, inside]
             if target.size:
                 moved[:, landing] = kept if whole else np.add.reduceat(kept, starts, axis=1)
@@ -710,7 +716,7 @@ def _move_counts(counts: WideCount, move: Callable[[np.ndarray], np.ndarray]) ->
     every = used.shape[0] == counts.lo.shape[0]
     lo, hi = (counts.lo, counts.hi) if every else (counts.lo[used], counts.hi[used])
     if not hi.any() and lo.sum(axis=1, dtype=np.uint64).max(initial=0) <= _WORD_MASK:
-        moved_lo, moved_hi = move(lo), np.zeros_like(hi)
+        moved_lo, moved_hi = move(lo), np.zeros(hi.shape, hi.dtype)
     else:
         totals = lo.astype(np.uint64) + (hi.astype(np.uint64) << np.uint64(32))
         moved = move(totals)
@@ -718,7 +724,8 @@ def _move_counts(counts: WideCount, move: Callable[[np.ndarray], np.ndarray]) ->
         moved_hi = (moved >> np.uint64(32)).astype(np.uint32)
     if every:
         return WideCount(lo=moved_lo, hi=moved_hi)
-    new_lo, new_hi = np.zeros_like(counts.lo), np.zeros_like(counts.hi)
+    new_lo = np.zeros(counts.lo.shape, counts.lo.dtype)
+    new_hi = np.zeros(counts.hi.shape, counts.hi.dtype)
     new_lo[used], new_hi[used] = moved_lo, moved_hi
     return WideCount(lo=new_lo, hi=new_hi)
 
