@@ -924,7 +924,8 @@ def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[
     scores = np.reshape(maps, (num_images, num_pixels)).astype(np.float32, copy=False)
     labels = np.reshape(masks, (num_images, num_pixels))
     if labels.dtype == np.bool_:
-        positive, readable = labels.view(np.uint8) != 0, None
+        raw = labels.view(np.uint8)  # bools as they are when every byte is 0 or 1: no copy
+        positive, readable = (labels if raw.max(initial=0) <= 1 else raw != 0), None
     else:
         positive = labels == 1
         readable = positive | (labels == 0)
@@ -936,7 +937,7 @@ def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[
         return state, scalar(scores.size, np.int32)
     is_anomalous = np.any(positive, axis=1)  # a mask pixel makes the image anomalous, as in jax
     if readable is not None:
-        positive &= readable
+        positive = positive & readable  # not in place: ``positive`` may be the caller's masks
     normal_rows = np.flatnonzero(~is_anomalous)
     if normal_rows.size and normal_rows[-1] - normal_rows[0] + 1 == normal_rows.size:
         normal_scores = scores[normal_rows[0] : normal_rows[-1] + 1]  # consecutive rows: a view

@@ -372,3 +372,21 @@ def test_an_update_leaves_the_state_it_started_from_as_it_was(widen):
     assert (int(later.exponent) != int(start.exponent)) == widen
     for kept, held in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(start)):
         np.testing.assert_array_equal(np.asarray(held), kept)
+
+
+def test_binned_pimo_reads_bools_stored_as_0xff_and_leaves_the_masks_as_they_were():
+    from jaxmetrics_ad.pimo_binned import BinnedCurves
+
+    data = make_category(num_normal=3, num_anomalous=5, size=(24, 20), seed=2)
+    maps, masks = data.anomaly_maps.copy(), data.gt_masks.copy()
+    maps.reshape(-1)[np.flatnonzero(masks)[0]] = np.nan  # an unreadable mask pixel
+    raw = (masks.astype(np.uint8) * 255).view(bool)
+    start = BinnedCurves.empty(64, None, 16)
+    clean_state, clean_invalid = numpy_updates.binned_curves_add(start, maps, masks)
+    raw_state, raw_invalid = numpy_updates.binned_curves_add(start, maps, raw)
+    for mine, theirs in zip(
+        jax.tree_util.tree_leaves(raw_state), jax.tree_util.tree_leaves(clean_state)
+    ):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(theirs))
+    assert int(raw_invalid) == int(clean_invalid) == 1
+    np.testing.assert_array_equal(masks, data.gt_masks)  # not written in place
