@@ -302,12 +302,14 @@ class Evaluator:
             return frozenset()
         metrics, plan = self._stages[index], self._plan[index]
         leaders = [metrics[i] for i in range(len(metrics)) if plan[i] == i]
-        on_host = set()
-        for field in {field for metric in leaders for field in metric.fields}:
-            readers = [metric for metric in leaders if field in metric.fields]
-            if all(m._updates_in_numpy() and not m._state_grows() for m in readers):
-                on_host.add(field)
-        return frozenset(on_host)
+        read = {field for metric in leaders for field in metric.fields}
+        in_jax = {
+            field
+            for metric in leaders
+            if not metric._updates_in_numpy() or metric._state_grows()
+            for field in metric.fields
+        }
+        return frozenset(read - in_jax)
 
     def _update_stage(self, index: int, batch: Any, valid: Any, eager: bool = True) -> Evaluator:
         metrics, plan = self._stages[index], self._plan[index]

@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from jaxmetrics_ad.counts import WideCount
-from jaxmetrics_ad.validation import is_traced, known_range
+from jaxmetrics_ad.validation import clean_bool_array, is_traced, known_range
 
 _ENABLED = [True]
 _WORKER: list[ThreadPoolExecutor] = []  # made on first use; a forked child makes its own
@@ -577,8 +577,8 @@ def _flat_index(
     histogram, samples: _Samples, first: int, overflow: int, out: np.ndarray | None = None
 ) -> np.ndarray:
     """Each sample's slot ``(channel - first) * num_bins + bin`` as intp (what ``np.bincount``
-    reads without a copy), ``overflow`` for the samples not kept; written into ``out`` (an intp
-    buffer at least as long as the samples) when it is given.
+    reads without a copy), ``overflow`` for the samples not kept. On the float path below the slots
+    are written into ``out`` (an intp buffer at least as long as the samples) when it is given.
 
     On an auto-ranging grid whose slots are below 2**24, the slot is computed in float32, where
     every such integer is exact, and cast as it is written (no clipping: the grid covers every
@@ -776,7 +776,7 @@ def bool_values(values: np.ndarray) -> np.ndarray:
 def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`jaxmetrics_ad.validation.binary_channel` in numpy (no ``keep``): int32 channels, -1
     for invalid samples, or the labels as bools when they are bools and every score is finite
-    (one byte a sample, no int32 copy).
+    (one byte a sample, no int32 copy; the labels themselves when every byte is 0 or 1).
 
     Example:
         >>> channel, invalid = binary_channel(np.array([0.5, np.inf]), np.array([1, 0]))
@@ -788,7 +788,7 @@ def binary_channel(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, 
     labels = np.asarray(labels)
     if labels.dtype == np.bool_:
         if _finite(scores):
-            return labels.view(np.uint8) != 0, scalar(0, np.int32)
+            return clean_bool_array(labels), scalar(0, np.int32)
     labels = bool_values(labels)
     valid = np.isfinite(scores) & ((labels == 0) | (labels == 1))
     channel = np.where(valid, labels, -1).astype(np.int32)
@@ -806,8 +806,7 @@ def foreground(target: np.ndarray) -> tuple[np.ndarray, int]:
     """
     target = np.reshape(target, (-1, *target.shape[-2:]))
     if target.dtype == np.bool_:
-        raw = target.view(np.uint8)
-        return (target if raw.max(initial=0) <= 1 else raw != 0), 0
+        return clean_bool_array(target), 0
     mask = target != 0
     return mask, int(np.count_nonzero(mask & (target != 1)))
 
@@ -924,8 +923,7 @@ def binned_curves_add(state: Any, maps: np.ndarray, masks: np.ndarray) -> tuple[
     scores = np.reshape(maps, (num_images, num_pixels)).astype(np.float32, copy=False)
     labels = np.reshape(masks, (num_images, num_pixels))
     if labels.dtype == np.bool_:
-        raw = labels.view(np.uint8)  # bools as they are when every byte is 0 or 1: no copy
-        positive, readable = (labels if raw.max(initial=0) <= 1 else raw != 0), None
+        positive, readable = clean_bool_array(labels), None
     else:
         positive = labels == 1
         readable = positive | (labels == 0)

@@ -13,6 +13,7 @@ import numpy as np
 from flax import struct
 
 from jaxmetrics_ad.pimo_rule import anomalib_thresholds
+from jaxmetrics_ad.validation import clean_bool_array
 
 EXACT_KEEP_ALL_PIXELS = 1 << 22
 """Exact mean AUPIMO: normal pixels held (16 MiB) before the lowest are let go."""
@@ -40,7 +41,7 @@ def host_mask(masks: Any) -> np.ndarray:
     """
     masks = np.asarray(masks)
     if masks.dtype == np.bool_:
-        return masks.view(np.uint8) != 0
+        return clean_bool_array(masks)
     return masks != 0
 
 

@@ -96,8 +96,7 @@ def as_array(value: object, field: str, on_host: bool = False) -> jax.Array | np
             raise TypeError(f"{field}: expected an array, got {type(value).__name__}") from error
         _check_representable(value, field)
         if value.dtype == np.bool_:  # re-made on the host: no eager XLA op per batch shape
-            raw = value.view(np.uint8)
-            return _placed(value if raw.max(initial=0) <= 1 else raw != 0, on_host, "clean")
+            return _placed(clean_bool_array(value), on_host, "clean")
         if jnp.issubdtype(value.dtype, jnp.number) and not jnp.issubdtype(
             value.dtype, jnp.complexfloating
         ):  # cast on the host (values checked above): jnp.asarray would compile a convert
@@ -124,6 +123,22 @@ def _placed(values: np.ndarray, on_host: bool, check: str | None = None) -> jax.
     if check is not None:
         _passed(placed, check)
     return placed
+
+
+def clean_bool_array(values: np.ndarray) -> np.ndarray:
+    """numpy bools re-made as ``byte != 0``: the array itself (no copy) when every byte already is
+    0 or 1, which one pass over the bytes tells.
+
+    Example:
+        >>> raw = np.array([0, 255, 1], np.uint8).view(bool)
+        >>> clean_bool_array(raw).view(np.uint8).tolist()
+        [0, 1, 1]
+        >>> clean = np.array([True, False])
+        >>> clean_bool_array(clean) is clean
+        True
+    """
+    raw = values.view(np.uint8)
+    return values if raw.max(initial=0) <= 1 else raw != 0
 
 
 def clean_bool(values: jax.Array) -> jax.Array:

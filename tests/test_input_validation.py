@@ -156,3 +156,16 @@ def test_input_class(row):
 def test_the_documented_table_and_the_tests_list_the_same_rows():
     documented = re.findall(r"^\| `([a-z0-9-]+)` \|", TABLE.read_text(), flags=re.MULTILINE)
     assert sorted(documented) == sorted(ROWS)
+
+
+def test_clean_bool_array_is_byte_not_zero_and_copies_only_unclean_bools():
+    from jaxmetrics_ad.validation import clean_bool_array
+
+    rng = np.random.default_rng(0)
+    for bad_bytes in (0, 1, 17):
+        raw = rng.integers(0, 2, size=(3, 50)).astype(np.uint8)
+        raw.ravel()[rng.choice(raw.size, bad_bytes, replace=False)] = 255
+        values = raw.view(bool)
+        cleaned = clean_bool_array(values)
+        np.testing.assert_array_equal(cleaned.view(np.uint8), (raw != 0).astype(np.uint8))
+        assert (cleaned is values) == (bad_bytes == 0)
